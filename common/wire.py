@@ -1,0 +1,141 @@
+"""The zingest wire protocol: the only module that packs or unpacks msgpack.
+
+Two messages cross ZeroMQ, each one single-part frame holding one msgpack array
+whose first element is the protocol version (currently 1) and second a kind tag.
+
+Job frame, gateway PUSH -> sink PULL::
+
+    [1, "J", job_id: str, table: str, accepted_at: float (unix seconds),
+     groups: [[columns: [str, ...], rows: [[value, ...], ...]], ...]]
+
+  A job is one request's rows. Rows are arrays; the column names are sent once
+  per group. A request whose objects do not all name the same columns becomes
+  several groups, so each COPY names exactly the columns given and PostgreSQL
+  fills the others with their defaults. Values are msgpack nil, bool, int,
+  float and str (json/jsonb values are already serialised to JSON text).
+
+Status frame, sink PUB -> gateway SUB::
+
+    [1, "S", [[job_id: str, state: str, rows: int, committed_at: float | nil,
+               error: str | nil], ...]]
+
+  One frame carries the statuses of every job in one batch. ``state`` is a
+  :class:`JobState` value other than ``accepted``.
+
+A frame that is not valid msgpack, has another version, another kind or the
+wrong shape raises :class:`WireError` from the cause. Never pickle.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+
+VERSION = 1
+KIND_JOB = "J"
+KIND_STATUS = "S"
+
+
+class WireError(ValueError):
+    """A frame could not be decoded."""
+
+
+class JobState(str, enum.Enum):
+    ACCEPTED = "accepted"
+    COMMITTED = "committed"
+    FAILED = "failed"
+
+    @property
+    def final(self) -> bool:
+        return self is not JobState.ACCEPTED
+
+
+Row = list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Group:
+    columns: tuple[str, ...]
+    rows: list[Row]
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    job_id: str
+    table: str
+    accepted_at: float
+    groups: tuple[Group, ...]
+
+    @property
+    def row_count(self) -> int:
+        return sum(len(g.rows) for g in self.groups)
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    job_id: str
+    state: JobState
+    rows: int
+    committed_at: float | None = None
+    error: str | None = None
+
+
+_packer = msgpack.Packer(use_bin_type=True)
+
+
+def encode_job(job: Job) -> bytes:
+    groups = [[list(g.columns), g.rows] for g in job.groups]
+    return _packer.pack([VERSION, KIND_JOB, job.job_id, job.table, job.accepted_at, groups])
+
+
+def _unpack(frame: bytes, kind: str) -> list[Any]:
+    try:
+        msg = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated types for bad input
+        raise WireError(f"frame is not valid msgpack: {exc}") from exc
+    if not isinstance(msg, list) or len(msg) < 2:
+        raise WireError("frame is not a zingest message")
+    if msg[0] != VERSION:
+        raise WireError(f"unsupported wire version {msg[0]!r} (this side speaks {VERSION})")
+    if msg[1] != kind:
+        raise WireError(f"expected a {kind!r} frame, got {msg[1]!r}")
+    return msg
+
+
+def decode_job(frame: bytes) -> Job:
+    msg = _unpack(frame, KIND_JOB)
+    try:
+        _, _, job_id, table, accepted_at, raw_groups = msg
+        groups = []
+        for columns, rows in raw_groups:
+            if not all(isinstance(c, str) for c in columns) or not isinstance(rows, list):
+                raise TypeError("group columns must be strings and rows a list")
+            width = len(columns)
+            if any(not isinstance(r, list) or len(r) != width for r in rows):
+                raise TypeError("every row must be an array as wide as the group's columns")
+            groups.append(Group(tuple(columns), rows))
+        if not isinstance(job_id, str) or not isinstance(table, str):
+            raise TypeError("job id and table must be strings")
+        return Job(job_id, table, float(accepted_at), tuple(groups))
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"malformed job frame: {exc}") from exc
+
+
+def encode_statuses(statuses: list[Status]) -> bytes:
+    items = [[s.job_id, s.state.value, s.rows, s.committed_at, s.error] for s in statuses]
+    return _packer.pack([VERSION, KIND_STATUS, items])
+
+
+def decode_statuses(frame: bytes) -> list[Status]:
+    msg = _unpack(frame, KIND_STATUS)
+    try:
+        _, _, items = msg
+        out = []
+        for job_id, state, rows, committed_at, error in items:
+            out.append(Status(str(job_id), JobState(state), int(rows), committed_at, error))
+        return out
+    except (TypeError, ValueError) as exc:
+        raise WireError(f"malformed status frame: {exc}") from exc

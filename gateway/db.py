@@ -1,0 +1,101 @@
+"""The gateway's own use of PostgreSQL: the table catalog and ledger look-ups.
+
+The gateway never writes rows (sinks do). It reads which tables may be written
+and their columns at start, again when a request names a table it does not
+know (at most once per ``REFRESH_MIN_S``), and asks the ledger for jobs that
+are no longer in its memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import psycopg
+
+from common.schema import ensure_schema
+from common.wire import JobState
+from gateway.parsing import Column, Table
+from gateway.store import JobRecord
+
+log = logging.getLogger(__name__)
+
+# A request for an unknown table re-reads the catalog at most this often (seconds).
+REFRESH_MIN_S = 1.0
+
+_CATALOG = """
+SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
+       a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+  FROM pg_class c
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
+ ORDER BY c.relname, a.attnum
+"""
+
+_LEDGER = """
+SELECT job_id, table_name, state, rows, extract(epoch FROM accepted_at)::float8,
+       extract(epoch FROM committed_at)::float8, error
+  FROM zingest.ledger WHERE job_id = %s
+"""
+
+
+class Database:
+    def __init__(self, dsn: str, allowed: tuple[str, ...]) -> None:
+        self._dsn = dsn
+        self._allowed = frozenset(allowed)
+        self._conn: psycopg.AsyncConnection | None = None
+        self._lock = asyncio.Lock()
+        self._refreshed_at = 0.0
+        self.tables: dict[str, Table] = {}
+
+    async def open(self) -> None:
+        with psycopg.connect(self._dsn, autocommit=True) as conn:
+            ensure_schema(conn)
+        await self.refresh()
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            await self._conn.close()
+            self._conn = None
+
+    async def _connection(self) -> psycopg.AsyncConnection:
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = await psycopg.AsyncConnection.connect(
+                self._dsn, autocommit=True, application_name="zingest-gateway"
+            )
+        return self._conn
+
+    async def _fetch(self, query: str, params: tuple = ()) -> list[tuple]:
+        async with self._lock:
+            conn = await self._connection()
+            cur = await conn.execute(query, params)
+            return await cur.fetchall()
+
+    async def refresh(self) -> None:
+        columns: dict[str, dict[str, Column]] = {}
+        for table, name, data_type, nullable, has_default in await self._fetch(_CATALOG):
+            if self._allowed and table not in self._allowed:
+                continue
+            columns.setdefault(table, {})[name] = Column(name, data_type, nullable, has_default)
+        self.tables = {name: Table(name, cols) for name, cols in columns.items()}
+        self._refreshed_at = time.monotonic()
+        missing = self._allowed - self.tables.keys()
+        if missing:
+            log.warning("gateway.tables names tables that do not exist: %s", ", ".join(sorted(missing)))
+        log.info("catalog: %d writable tables", len(self.tables))
+
+    async def table(self, name: str) -> Table | None:
+        table = self.tables.get(name)
+        if table is None and time.monotonic() - self._refreshed_at >= REFRESH_MIN_S:
+            await self.refresh()
+            table = self.tables.get(name)
+        return table
+
+    async def ledger(self, job_id: str) -> JobRecord | None:
+        rows = await self._fetch(_LEDGER, (job_id,))
+        if not rows:
+            return None
+        job_id, table, state, n, accepted_at, committed_at, error = rows[0]
+        return JobRecord(job_id, table, n, accepted_at, JobState(state), committed_at, error)

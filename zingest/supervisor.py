@@ -1,0 +1,217 @@
+"""`zingest up`: PostgreSQL (embedded unless database.dsn is set), one gateway and N sinks.
+
+The supervisor starts each role as its own OS process (``python -m zingest
+gateway|sink``) in its own session, so a terminal's Ctrl-C reaches only the
+supervisor, which then stops the roles in order: the gateway first (no new
+work, drain), then the sinks (commit what they hold), then PostgreSQL.
+A role that dies is started again after a doubling back-off.
+
+Signal handlers only set flags; the loop below does the work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from common.config import Config, ConfigError, load_config
+from common.lifecycle import StopFlags
+from common.logs import setup_logging
+from common.schema import ensure_schema
+from zingest.embedded import EmbeddedPostgres
+
+EXIT_OK = 0
+EXIT_CONFIG = 2
+EXIT_START = 3
+
+# How often the supervisor looks at its children (seconds).
+CHECK_INTERVAL_S = 0.2
+# Seconds the gateway may take to answer /healthz after it starts.
+GATEWAY_READY_TIMEOUT_S = 30.0
+# Restart back-off for a role that died: first delay, doubling up to the max (seconds).
+RESTART_FIRST_S = 0.5
+RESTART_MAX_S = 10.0
+# A child that has run this long is considered healthy again: its back-off resets.
+HEALTHY_AFTER_S = 10.0
+# Seconds each role gets to stop after SIGTERM before it is killed.
+SINK_STOP_TIMEOUT_S = 30.0
+
+log = logging.getLogger("zingest.up")
+
+
+@dataclass
+class Child:
+    role: str
+    index: int
+    args: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    next_start: float = 0.0
+    backoff: float = RESTART_FIRST_S
+
+    @property
+    def name(self) -> str:
+        return self.role if self.role == "gateway" else f"{self.role}-{self.index}"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "zingest", self.role, *self.args], env=self.env, start_new_session=True
+        )
+        self.started_at = time.monotonic()
+        log.info("started %s (pid %d)", self.name, self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+
+def apply_schema_files(cfg: Config, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_schema(conn)
+        for name in cfg.database.schema_files:
+            path = cfg.path(name)
+            conn.execute(path.read_text(encoding="utf-8"))
+            log.info("applied %s", name)
+
+
+def wait_gateway_ready(cfg: Config, gateway: Child, stop: StopFlags) -> bool:
+    url = f"http://{cfg.gateway.listen}/healthz"
+    deadline = time.monotonic() + GATEWAY_READY_TIMEOUT_S
+    while time.monotonic() < deadline and not stop.should_exit.is_set():
+        if not gateway.alive():
+            return False
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        stop.should_exit.wait(0.05)
+    return False
+
+
+class Supervisor:
+    def __init__(self, cfg: Config, config_path: str | None, sinks: int, stop: StopFlags) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.sinks = sinks
+        self.stop = stop
+        self.embedded: EmbeddedPostgres | None = None
+
+    def run(self) -> int:
+        try:
+            dsn = self.cfg.database.dsn
+            if not dsn:
+                self.embedded = EmbeddedPostgres(self.cfg.path(self.cfg.database.embedded_dir))
+                dsn = self.embedded.start()
+            apply_schema_files(self.cfg, dsn)
+        except (psycopg.Error, OSError) as exc:
+            log.error("cannot prepare the database: %s", exc)
+            self._stop_db()
+            return EXIT_START
+        try:
+            return self._run_children(dsn)
+        finally:
+            self._stop_db()
+
+    def _stop_db(self) -> None:
+        if self.embedded is not None:
+            self.embedded.stop()
+            log.info("embedded PostgreSQL stopped")
+
+    def _run_children(self, dsn: str) -> int:
+        env = dict(os.environ, ZINGEST_DATABASE__DSN=dsn)
+        args = ["--config", self.config_path] if self.config_path else []
+        gateway = Child("gateway", 0, args, env)
+        sinks = [Child("sink", i, args, env) for i in range(self.sinks)]
+        gateway.start()
+        for sink in sinks:
+            sink.start()
+        if not wait_gateway_ready(self.cfg, gateway, self.stop):
+            if not self.stop.should_exit.is_set():
+                log.error("the gateway did not become ready; stopping")
+                self._shutdown(gateway, sinks)
+                return EXIT_START
+        else:
+            # The two lines a person needs: where to send, and which database it lands in.
+            print(f"zingest is up: http://{self.cfg.gateway.listen}  ({self.sinks} sinks)", flush=True)
+            print(f"PostgreSQL: {dsn}", flush=True)
+        children = [gateway, *sinks]
+        while not self.stop.should_exit.wait(CHECK_INTERVAL_S):
+            now = time.monotonic()
+            for child in children:
+                if child.alive():
+                    if now - child.started_at > HEALTHY_AFTER_S:
+                        child.backoff = RESTART_FIRST_S
+                    continue
+                if child.next_start == 0.0:
+                    code = child.proc.returncode if child.proc else None
+                    child.next_start = now + child.backoff
+                    log.warning("%s exited with %s; restarting in %.1f s", child.name, code, child.backoff)
+                    child.backoff = min(child.backoff * 2, RESTART_MAX_S)
+                elif now >= child.next_start:
+                    child.next_start = 0.0
+                    child.restarts += 1
+                    child.start()
+        self._shutdown(gateway, sinks)
+        restarts = sum(c.restarts for c in children)
+        log.info("zingest stopped: gateway and %d sinks, %d restarts", len(sinks), restarts)
+        return EXIT_OK
+
+    def _shutdown(self, gateway: Child, sinks: list[Child]) -> None:
+        timeout = 0.5 if self.stop.force_exit.is_set() else self.cfg.gateway.drain_timeout_s + 5
+        gateway.stop(timeout)
+        for sink in sinks:
+            if sink.alive():
+                assert sink.proc is not None
+                sink.proc.send_signal(signal.SIGTERM)
+        for sink in sinks:
+            code = sink.stop(0.5 if self.stop.force_exit.is_set() else SINK_STOP_TIMEOUT_S)
+            if code not in (0, None):
+                log.warning("%s exited with %s", sink.name, code)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="zingest up", description="Run PostgreSQL, a gateway and N sinks.")
+    parser.add_argument("--config", help="path to config.toml (default: ./config.toml if present)")
+    parser.add_argument("--sinks", type=int, help="number of sink processes (default: sink.count)")
+    args = parser.parse_args(argv)
+    config_path = args.config
+    if config_path is None and Path("config.toml").exists():
+        config_path = "config.toml"
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as exc:
+        parser.exit(EXIT_CONFIG, f"zingest up: {exc}\n")
+    sinks = args.sinks if args.sinks is not None else cfg.sink.count
+    if sinks < 1:
+        parser.exit(EXIT_CONFIG, "zingest up: --sinks must be at least 1\n")
+    setup_logging(cfg.log.level, "up")
+    stop = StopFlags()
+    stop.install()
+    return Supervisor(cfg, config_path, sinks, stop).run()
