@@ -9,6 +9,7 @@ explicitly instead of touching ``os.environ``.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -129,14 +130,18 @@ def _coerce(where: str, value: object, hint: typing.Any, from_env: bool) -> obje
             return value
         raise ConfigError(f"{where}: expected an integer, got {value!r}")
     if hint is float:
+        number: float | None = None
         if from_env and isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(f"{where}: expected a number, got {value!r}")
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            number = float(value)
+        # nan and inf parse as floats but compare false or absurdly (nan <= 0 is False): reject them.
+        if number is None or not math.isfinite(number):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        return number
     if hint is str:
         if isinstance(value, str):
             return value

@@ -111,8 +111,9 @@ def decode_job(frame: bytes) -> Job:
         _, _, job_id, table, accepted_at, raw_groups = msg
         groups = []
         for columns, rows in raw_groups:
-            if not all(isinstance(c, str) for c in columns) or not isinstance(rows, list):
-                raise TypeError("group columns must be strings and rows a list")
+            # A str is iterable too: without the list check "ab" would decode as columns ("a", "b").
+            if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns) and isinstance(rows, list)):
+                raise TypeError("group columns must be a list of strings and rows a list")
             width = len(columns)
             if any(not isinstance(r, list) or len(r) != width for r in rows):
                 raise TypeError("every row must be an array as wide as the group's columns")

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import time
 
 import psycopg
 import uvloop
@@ -57,13 +56,11 @@ async def serve(cfg: Config) -> int:
     log.info("stopping: no new requests; draining in-flight jobs for up to %.1f s", cfg.gateway.drain_timeout_s)
     await site.stop()
     store = app[STORE]
-    deadline = time.monotonic() + cfg.gateway.drain_timeout_s
-    while store.pending and time.monotonic() < deadline and not force_exit.is_set():
-        # Statuses arrive on the listener task; poll the store's size, not a fixed sleep of the whole drain.
-        try:
-            await asyncio.wait_for(force_exit.wait(), 0.05)
-        except TimeoutError:
-            pass
+    drained = asyncio.create_task(store.wait_idle())
+    forced = asyncio.create_task(force_exit.wait())
+    await asyncio.wait((drained, forced), timeout=cfg.gateway.drain_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+    drained.cancel()
+    forced.cancel()
     left = len(store.pending)
     c = app[PIPELINE].counters
     await runner.cleanup()

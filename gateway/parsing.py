@@ -60,6 +60,8 @@ class Table:
 
 
 def _objects_json(body: bytes) -> Iterator[tuple[str, Any]]:
+    if not body.strip():
+        return  # an empty body holds no rows, as an empty NDJSON body does (not "invalid JSON")
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError as exc:

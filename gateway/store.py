@@ -38,12 +38,15 @@ class JobStore:
         self.pending_rows = 0
         self.pending_bytes = 0
         self._waiters: dict[str, list[asyncio.Future[JobRecord]]] = {}
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def add(self, rec: JobRecord) -> None:
         assert rec.frame is not None
         self.pending[rec.job_id] = rec
         self.pending_rows += rec.rows
         self.pending_bytes += len(rec.frame)
+        self._idle.clear()
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.pending.get(job_id) or self.final.get(job_id)
@@ -57,6 +60,8 @@ class JobStore:
         self.pending_rows -= rec.rows
         self.pending_bytes -= len(rec.frame)
         rec.frame = None
+        if not self.pending:
+            self._idle.set()
         rec.state, rec.committed_at, rec.error = status.state, status.committed_at, status.error
         self.final[job_id] = rec
         while len(self.final) > self.capacity:
@@ -69,6 +74,10 @@ class JobStore:
     def due(self, older_than: float) -> list[JobRecord]:
         """Pending jobs last sent before ``older_than`` (a monotonic time)."""
         return [rec for rec in self.pending.values() if rec.sent_at < older_than]
+
+    async def wait_idle(self) -> None:
+        """Return once no job is pending."""
+        await self._idle.wait()
 
     async def wait_final(self, job_id: str, timeout: float) -> JobRecord | None:
         """The job once final, or None after ``timeout`` seconds (the job stays tracked)."""

@@ -108,6 +108,9 @@ class PgWriter:
         return self._conn is not None and not self._conn.closed and not self._conn.broken
 
     def write(self, jobs: list[Job]) -> WriteResult:
+        # A redelivered job can share a batch with its first copy; the ledger insert would
+        # accept the id once but the COPY would land its rows once per copy. Keep one.
+        jobs = list({job.job_id: job for job in jobs}.values())
         if not self.connected:
             self.connect()
         assert self._conn is not None

@@ -1,0 +1,166 @@
+"""gateway.parsing: request bodies become groups of rows, and errors say where (line/index) and which column."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from common.wire import Group
+from gateway.parsing import JSON, NDJSON, BodyError, Column, Table, parse_rows
+
+
+def make_table(**types: str) -> Table:
+    return Table("t", {name: Column(name, data_type, True, False) for name, data_type in types.items()})
+
+
+TABLE = make_table(id="bigint", name="text", score="double precision", ok="boolean", doc="jsonb", raw="json")
+
+
+def groups_of(body: bytes, media_type: str, table: Table = TABLE) -> list[tuple[tuple[str, ...], list[list]]]:
+    return [(g.columns, g.rows) for g in parse_rows(body, media_type, table)]
+
+
+ACCEPTED = {
+    "json object": (JSON, b'{"id": 1, "name": "a"}', [(("id", "name"), [[1, "a"]])]),
+    "json array": (
+        JSON, b'[{"id": 1, "name": "a"}, {"id": 2, "name": null}]',
+        [(("id", "name"), [[1, "a"], [2, None]])],
+    ),
+    "json array, whitespace around": (JSON, b' \n [ {"id": 1} ] \n', [(("id",), [[1]])]),
+    "ndjson": (NDJSON, b'{"id": 1, "ok": true}\n{"id": 2, "ok": false}', [(("id", "ok"), [[1, True], [2, False]])]),
+    "ndjson with blank lines and crlf": (
+        NDJSON, b'\n{"id": 1}\r\n\n   \n{"id": 2}\r\n\n',
+        [(("id",), [[1], [2]])],
+    ),
+    "values keep their json types": (
+        JSON, '{"id": 9007199254740993, "score": -1.5e-7, "name": "ünï ✓", "ok": null}'.encode(),
+        [(("id", "score", "name", "ok"), [[9007199254740993, -1.5e-7, "ünï ✓", None]])],
+    ),
+}
+
+
+@pytest.mark.parametrize("media_type,body,expected", ACCEPTED.values(), ids=ACCEPTED.keys())
+def test_accepted_bodies(media_type: str, body: bytes, expected: list) -> None:
+    assert groups_of(body, media_type) == expected
+
+
+@pytest.mark.parametrize("media_type", [JSON, NDJSON])
+def test_different_key_sets_make_separate_groups(media_type: str) -> None:
+    objects = [
+        {"id": 1, "name": "a"},
+        {"id": 2},
+        {"id": 3, "name": "c"},
+        {"id": 4, "score": 0.5, "ok": True},
+        {"id": 5},
+    ]
+    body = orjson.dumps(objects) if media_type == JSON else b"\n".join(orjson.dumps(o) for o in objects)
+    groups = parse_rows(body, media_type, TABLE)
+    assert groups == (
+        Group(("id", "name"), [[1, "a"], [3, "c"]]),
+        Group(("id",), [[2], [5]]),
+        Group(("id", "score", "ok"), [[4, 0.5, True]]),
+    )
+
+
+@pytest.mark.parametrize("media_type", [JSON, NDJSON])
+def test_same_key_set_in_another_order_joins_the_group_aligned(media_type: str) -> None:
+    objects = [
+        {"id": 1, "name": "a", "score": 1.0},
+        {"score": 2.0, "id": 2, "name": "b"},
+        {"name": "c", "score": 3.0, "id": 3},
+        {"id": 4},
+        {"name": "e", "id": 5, "score": 5.0},  # back to the first set, after another shape
+    ]
+    body = orjson.dumps(objects) if media_type == JSON else b"\n".join(orjson.dumps(o) for o in objects)
+    assert groups_of(body, media_type) == [
+        (("id", "name", "score"), [[1, "a", 1.0], [2, "b", 2.0], [3, "c", 3.0], [5, "e", 5.0]]),
+        (("id",), [[4]]),
+    ]
+
+
+def test_json_columns_get_json_text() -> None:
+    values = [
+        {"a": {"b": [1, 2.5, None]}, "s": "x"},
+        [1, "two", [3], {}],
+        "just a string",
+        42,
+        -0.25,
+        True,
+        None,
+        {},
+        [],
+    ]
+    rows = [{"id": i, "doc": v, "raw": v} for i, v in enumerate(values)]
+    (group,) = parse_rows(orjson.dumps(rows), JSON, TABLE)
+    assert group.columns == ("id", "doc", "raw")
+    for i, (row, value) in enumerate(zip(group.rows, values, strict=True)):
+        assert row[0] == i
+        for text in row[1:]:
+            assert isinstance(text, str)
+            assert orjson.loads(text) == value
+    assert group.rows[2][1] == '"just a string"'
+    assert group.rows[6][1:] == ["null", "null"]  # JSON null is the JSON text null, not SQL NULL
+    assert group.rows[3][1] == "42"
+
+
+def test_json_columns_in_one_group_only_are_serialised_there() -> None:
+    body = b'{"id": 1, "doc": {"k": 1}}\n{"id": 2, "name": "n"}\n{"doc": [1], "id": 3}'
+    assert groups_of(body, NDJSON) == [
+        (("id", "doc"), [[1, '{"k":1}'], [3, "[1]"]]),
+        (("id", "name"), [[2, "n"]]),
+    ]
+
+
+def body_error(body: bytes, media_type: str) -> BodyError:
+    with pytest.raises(BodyError) as info:
+        parse_rows(body, media_type, TABLE)
+    return info.value
+
+
+# (media type, body, words the message must hold, expected as_json() minus "error")
+REJECTED = {
+    "invalid json": (JSON, b'{"id": 1,', ["not valid JSON"], {}),
+    "invalid json in array": (JSON, b'[{"id": 1}, {"id": }]', ["not valid JSON"], {}),
+    "invalid ndjson line": (NDJSON, b'{"id": 1}\n{"id": 2\n{"id": 3}', ["line 2", "not valid JSON"], {"line": 2}),
+    "invalid ndjson line after blank lines": (
+        NDJSON, b'\n\n{"id": 1}\n\n{oops}\n', ["line 5", "not valid JSON"], {"line": 5},
+    ),
+    "non-object in array": (JSON, b'[{"id": 1}, {"id": 2}, [3]]', ["index 2", "expected a JSON object", "list"],
+                            {"index": 2}),
+    "null in array": (JSON, b'[null]', ["index 0", "expected a JSON object"], {"index": 0}),
+    "non-object ndjson line": (NDJSON, b'{"id": 1}\n\n"text"\n', ["line 3", "expected a JSON object", "str"],
+                               {"line": 3}),
+    "unknown column in json object": (JSON, b'{"id": 1, "nmae": "x"}', ["index 0", "'nmae'"],
+                                      {"index": 0, "column": "nmae"}),
+    "unknown column in json array": (JSON, b'[{"id": 1}, {"id": 2}, {"id": 3, "bogus": 1}]',
+                                     ["index 2", "'bogus'", "'t'"], {"index": 2, "column": "bogus"}),
+    "unknown column in ndjson": (NDJSON, b'{"id": 1}\n\n{"id": 2, "bogus": 1}', ["line 3", "'bogus'"],
+                                 {"line": 3, "column": "bogus"}),
+    "empty object": (JSON, b'[{"id": 1}, {}]', ["index 1", "no columns"], {"index": 1}),
+    "empty json body": (JSON, b"", ["no rows"], {}),
+    "whitespace json body": (JSON, b" \r\n", ["no rows"], {}),
+    "empty json array": (JSON, b"[]", ["no rows"], {}),
+    "empty ndjson body": (NDJSON, b"", ["no rows"], {}),
+    "blank ndjson body": (NDJSON, b"\n\n  \n", ["no rows"], {}),
+    "top-level number": (JSON, b"42", ["expected a JSON object or an array of objects", "int"], {}),
+    "top-level string": (JSON, b'"rows"', ["expected a JSON object or an array of objects", "str"], {}),
+    "top-level null": (JSON, b"null", ["expected a JSON object or an array of objects", "NoneType"], {}),
+}
+
+
+@pytest.mark.parametrize("media_type,body,words,located", REJECTED.values(), ids=REJECTED.keys())
+def test_rejected_bodies(media_type: str, body: bytes, words: list[str], located: dict) -> None:
+    exc = body_error(body, media_type)
+    for word in words:
+        assert word in str(exc)
+    out = exc.as_json()
+    assert out.pop("error") == str(exc)
+    assert out == located
+
+
+def test_body_error_is_a_value_error_with_its_parts() -> None:
+    exc = body_error(b'{"id": 1}\n{"id": 2, "zz": 0}', NDJSON)
+    assert isinstance(exc, ValueError)
+    assert (exc.where, exc.column) == ("line 2", "zz")
+    assert str(exc) == "line 2: unknown column 'zz' for table 't'"
+    assert exc.as_json() == {"error": str(exc), "line": 2, "column": "zz"}
