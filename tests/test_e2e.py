@@ -69,7 +69,9 @@ def test_up_send_20000_rides_lands_every_row_exactly(rides_dsn: str, ports_env: 
         assert summary["failed_jobs"] == [] and summary["rejected_batches"] == []
     finally:
         code = stop_process(up, timeout=60)
-    assert code == 0, (tmp_path / "up.log").read_text()
+    log_text = (tmp_path / "up.log").read_text()
+    assert code == 0, log_text
+    assert "exited with" not in log_text, log_text  # every child stopped cleanly, none restarted
 
     expected = [expected_row(orjson.loads(line)) for line in data.read_bytes().splitlines()]
     with psycopg.connect(rides_dsn) as conn:

@@ -18,6 +18,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -62,6 +63,7 @@ class Child:
     restarts: int = 0
     next_start: float = 0.0
     backoff: float = RESTART_FIRST_S
+    terminating: bool = False
 
     @property
     def name(self) -> str:
@@ -72,22 +74,30 @@ class Child:
             [sys.executable, "-m", "zingest", self.role, *self.args], env=self.env, start_new_session=True
         )
         self.started_at = time.monotonic()
+        self.terminating = False
         log.info("started %s (pid %d)", self.name, self.proc.pid)
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, timeout: float) -> int | None:
+    def terminate(self) -> None:
+        """Ask the child to stop (once: a second SIGTERM would mean "exit now")."""
+        if self.proc is not None and self.proc.poll() is None and not self.terminating:
+            self.proc.send_signal(signal.SIGTERM)
+            self.terminating = True
+
+    def stop(self, timeout: float, force: threading.Event) -> int | None:
+        """Terminate, wait up to ``timeout`` seconds (less once ``force`` is set), then kill."""
         if self.proc is None:
             return None
+        self.terminate()
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline and not force.is_set():
+            force.wait(CHECK_INTERVAL_S)
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                log.warning("%s did not stop within %.0f s; killing it", self.name, timeout)
-                self.proc.kill()
-                self.proc.wait()
+            log.warning("%s did not stop in time; killing it", self.name)
+            self.proc.kill()
+            self.proc.wait()
         return self.proc.returncode
 
 
@@ -186,14 +196,12 @@ class Supervisor:
         return EXIT_OK
 
     def _shutdown(self, gateway: Child, sinks: list[Child]) -> None:
-        timeout = 0.5 if self.stop.force_exit.is_set() else self.cfg.gateway.drain_timeout_s + 5
-        gateway.stop(timeout)
+        """Gateway first (stop intake, drain), then sinks (commit what they hold); a second signal kills."""
+        gateway.stop(self.cfg.gateway.drain_timeout_s + 5, self.stop.force_exit)
         for sink in sinks:
-            if sink.alive():
-                assert sink.proc is not None
-                sink.proc.send_signal(signal.SIGTERM)
+            sink.terminate()
         for sink in sinks:
-            code = sink.stop(0.5 if self.stop.force_exit.is_set() else SINK_STOP_TIMEOUT_S)
+            code = sink.stop(SINK_STOP_TIMEOUT_S, self.stop.force_exit)
             if code not in (0, None):
                 log.warning("%s exited with %s", sink.name, code)
 
