@@ -57,6 +57,16 @@ class GatewayConfig:
     max_pending_bytes: int = 512 * 1024 * 1024
     # On SIGTERM: seconds to wait for in-flight jobs to become final before exiting.
     drain_timeout_s: float = 10.0
+    # "disk": each accepted job is in the fsynced journal before its 202 and survives a crash;
+    # "memory": faster, but jobs not yet committed are lost if the gateway process dies.
+    durability: str = "disk"
+    # Journal folder (relative to the config file's folder) and segment size in bytes.
+    journal_dir: str = "var/journal"
+    journal_segment_bytes: int = 64 * 1024 * 1024
+    # Seconds an Idempotency-Key is remembered in memory (the ledger keeps committed keys for good).
+    idempotency_ttl_s: float = 86_400.0
+    # ?wait=true: seconds a request may wait for its job to become final before a 504.
+    wait_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -70,6 +80,8 @@ class SinkConfig:
     batch_linger_ms: int = 20
     # Frames a sink holds in its receive queue (ZeroMQ receive high-water mark).
     recv_hwm: int = 100
+    # "host:port" of a sink's Prometheus /metrics; `zingest up` gives sink i port+i. Empty: off.
+    metrics_listen: str = "127.0.0.1:9101"
 
 
 @dataclass(frozen=True)
@@ -151,9 +163,14 @@ def _coerce(where: str, value: object, hint: typing.Any, from_env: bool) -> obje
 
 def _check(cfg: Config) -> None:
     g, s = cfg.gateway, cfg.sink
-    host, sep, port = g.listen.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ConfigError(f"gateway.listen: expected 'host:port', got {g.listen!r}")
+    for key, address in (("gateway.listen", g.listen), ("sink.metrics_listen", s.metrics_listen)):
+        if key == "sink.metrics_listen" and not address:
+            continue
+        host, sep, port = address.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(f"{key}: expected 'host:port', got {address!r}")
+    if g.durability not in ("disk", "memory"):
+        raise ConfigError(f"gateway.durability: expected 'disk' or 'memory', got {g.durability!r}")
     for key, endpoint in (("gateway.push_bind", g.push_bind), ("gateway.status_bind", g.status_bind)):
         if "://" not in endpoint:
             raise ConfigError(f"{key}: expected a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {endpoint!r}")
@@ -174,6 +191,9 @@ def _check(cfg: Config) -> None:
         "gateway.retry_after_s": g.retry_after_s,
         "gateway.max_pending_rows": g.max_pending_rows,
         "gateway.max_pending_bytes": g.max_pending_bytes,
+        "gateway.journal_segment_bytes": g.journal_segment_bytes,
+        "gateway.idempotency_ttl_s": g.idempotency_ttl_s,
+        "gateway.wait_timeout_s": g.wait_timeout_s,
     }
     for key, value in positive.items():
         if value <= 0:

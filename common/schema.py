@@ -22,6 +22,10 @@ CREATE TABLE IF NOT EXISTS zingest.ledger (
     committed_at  timestamptz NOT NULL DEFAULT now(),
     error         text
 );
+ALTER TABLE zingest.ledger ADD COLUMN IF NOT EXISTS idempotency_key text;
+-- A client's Idempotency-Key lands once per table, even when two gateways accepted it.
+CREATE UNIQUE INDEX IF NOT EXISTS ledger_idempotency_key
+    ON zingest.ledger (table_name, idempotency_key) WHERE idempotency_key IS NOT NULL;
 """
 
 

@@ -6,6 +6,7 @@ whose first element is the protocol version (currently 1) and second a kind tag.
 Job frame, gateway PUSH -> sink PULL::
 
     [1, "J", job_id: str, table: str, accepted_at: float (unix seconds),
+     idempotency_key: str | nil,
      groups: [[columns: [str, ...], rows: [[value, ...], ...]], ...]]
 
   A job is one request's rows. Rows are arrays; the column names are sent once
@@ -13,6 +14,10 @@ Job frame, gateway PUSH -> sink PULL::
   several groups, so each COPY names exactly the columns given and PostgreSQL
   fills the others with their defaults. Values are msgpack nil, bool, int,
   float and str (json/jsonb values are already serialised to JSON text).
+  ``idempotency_key`` is the client's Idempotency-Key header, if it sent one;
+  the ledger keeps it unique per table.
+
+  The gateway's journal stores these same frames, one per accepted job.
 
 Status frame, sink PUB -> gateway SUB::
 
@@ -68,6 +73,7 @@ class Job:
     table: str
     accepted_at: float
     groups: tuple[Group, ...]
+    idempotency_key: str | None = None
 
     @property
     def row_count(self) -> int:
@@ -88,7 +94,7 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 def encode_job(job: Job) -> bytes:
     groups = [[list(g.columns), g.rows] for g in job.groups]
-    return _packer.pack([VERSION, KIND_JOB, job.job_id, job.table, job.accepted_at, groups])
+    return _packer.pack([VERSION, KIND_JOB, job.job_id, job.table, job.accepted_at, job.idempotency_key, groups])
 
 
 def _unpack(frame: bytes, kind: str) -> list[Any]:
@@ -108,7 +114,7 @@ def _unpack(frame: bytes, kind: str) -> list[Any]:
 def decode_job(frame: bytes) -> Job:
     msg = _unpack(frame, KIND_JOB)
     try:
-        _, _, job_id, table, accepted_at, raw_groups = msg
+        _, _, job_id, table, accepted_at, key, raw_groups = msg
         groups = []
         for columns, rows in raw_groups:
             # A str is iterable too: without the list check "ab" would decode as columns ("a", "b").
@@ -120,7 +126,9 @@ def decode_job(frame: bytes) -> Job:
             groups.append(Group(tuple(columns), rows))
         if not isinstance(job_id, str) or not isinstance(table, str):
             raise TypeError("job id and table must be strings")
-        return Job(job_id, table, float(accepted_at), tuple(groups))
+        if key is not None and not isinstance(key, str):
+            raise TypeError("idempotency key must be a string or nil")
+        return Job(job_id, table, float(accepted_at), tuple(groups), key)
     except (TypeError, ValueError) as exc:
         raise WireError(f"malformed job frame: {exc}") from exc
 

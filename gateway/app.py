@@ -2,40 +2,57 @@
 
 Routes:
   POST /v1/ingest/{table}   rows in, 202 {"job_id", "rows", "status_url"} out
+                            (?wait=true: 200 with the final job, or 504 while it is still pending)
   GET  /v1/jobs/{job_id}    the job's state: accepted | committed | failed (404 not_found)
   GET  /healthz             200 once the catalog is loaded and the sockets are bound,
                             with the number of sinks connected
+  GET  /metrics             Prometheus text format
 
-Set-up and tear-down of the database handle and the ZeroMQ pipeline are paired
-in ``cleanup_ctx``; their state is typed with ``web.AppKey``.
+Set-up and tear-down of the database handle, the journal and the ZeroMQ
+pipeline are paired in ``cleanup_ctx``; their state is typed with ``web.AppKey``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
 import psycopg
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.config import Config
-from common.wire import Job, encode_job
+from common.wire import Job, WireError, decode_job, encode_job
 from gateway.db import Database
+from gateway.journal import Journal
+from gateway.metrics import GatewayMetrics
 from gateway.parsing import MEDIA_TYPES, BodyError, parse_rows
 from gateway.pipeline import Pipeline
 from gateway.store import JobRecord, JobStore
+
+log = logging.getLogger(__name__)
 
 CONFIG = web.AppKey("config", Config)
 DATABASE = web.AppKey("database", Database)
 STORE = web.AppKey("store", JobStore)
 PIPELINE = web.AppKey("pipeline", Pipeline)
+JOURNAL = web.AppKey("journal", Journal)
+METRICS = web.AppKey("metrics", GatewayMetrics)
 
 MAX_JOB_ID_LEN = 64
+MAX_IDEMPOTENCY_KEY_LEN = 255
+
+_REFUSALS = {
+    "no_sink": "no sink is connected to take the job; retry later",
+    "sinks_full": "every sink is busy; retry later",
+    "buffer_full": "the gateway holds as much unfinished work as it may; retry later",
+}
 
 
 def new_job_id() -> str:
@@ -63,36 +80,82 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
     }
 
 
-def unavailable(cfg: Config, reason: str) -> web.Response:
-    return json_response({"error": reason}, 503, {"Retry-After": str(cfg.gateway.retry_after_s)})
+def unavailable(app: web.Application, reason: str, text: str) -> web.Response:
+    app[METRICS].refused.labels(reason).inc()
+    return json_response({"error": text}, 503, {"Retry-After": str(app[CONFIG].gateway.retry_after_s)})
+
+
+async def _answer_job(request: web.Request, rec: JobRecord, replayed: bool = False) -> web.Response:
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    if request.query.get("wait") in ("1", "true"):
+        final = await request.app[STORE].wait_final(rec.job_id, request.app[CONFIG].gateway.wait_timeout_s)
+        if final is None:
+            return json_response(job_view(rec), 504, headers)
+        return json_response(job_view(final), 200, headers)
+    return json_response({"job_id": rec.job_id, "rows": rec.rows, "status_url": f"/v1/jobs/{rec.job_id}"},
+                         202, headers)
+
+
+async def _earlier_job(app: web.Application, table: str, key: str) -> JobRecord | None:
+    """The job a previous request with this Idempotency-Key created, from memory or the ledger."""
+    job_id = app[STORE].job_for_key(table, key)
+    if job_id is not None:
+        rec = app[STORE].get(job_id) or await app[DATABASE].ledger(job_id)
+        if rec is not None:
+            return rec
+    return await app[DATABASE].ledger_by_key(table, key)
 
 
 async def ingest(request: web.Request) -> web.Response:
     app = request.app
-    cfg = app[CONFIG]
     name = request.match_info["table"]
     try:
         table = await app[DATABASE].table(name)
     except psycopg.OperationalError:
-        return unavailable(cfg, "the database cannot be reached to check the table")
+        return unavailable(app, "database", "the database cannot be reached to check the table; retry later")
     if table is None:
         return json_response({"error": f"unknown table {name!r}"}, 404)
     if request.content_type not in MEDIA_TYPES:
         return json_response(
             {"error": f"unsupported media type {request.content_type!r}; send one of {', '.join(MEDIA_TYPES)}"}, 415
         )
+    key = request.headers.get("Idempotency-Key")
+    if key is not None:
+        if not key or len(key) > MAX_IDEMPOTENCY_KEY_LEN:
+            return json_response({"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"}, 400)
+        try:
+            earlier = await _earlier_job(app, name, key)
+        except psycopg.OperationalError:
+            earlier = None  # the ledger's unique (table, key) index still stops a second landing
+        if earlier is not None:
+            app[METRICS].idempotent_replays.inc()
+            return await _answer_job(request, earlier, replayed=True)
     body = await request.read()  # aiohttp answers 413 past gateway.max_body_bytes
     try:
         groups = parse_rows(body, request.content_type, table)
     except BodyError as exc:
         return json_response(exc.as_json(), 400)
-    job = Job(new_job_id(), name, time.time(), groups)
+    pipeline = app[PIPELINE]
+    reason = pipeline.refusal()
+    if reason is not None:
+        return unavailable(app, reason, _REFUSALS[reason])
+    job = Job(new_job_id(), name, time.time(), groups, key)
     rec = JobRecord(job.job_id, name, job.row_count, job.accepted_at, frame=encode_job(job))
-    if not app[PIPELINE].submit(rec):
-        return unavailable(cfg, "no sink can take the job now (none connected, or all full); retry later")
-    return json_response(
-        {"job_id": rec.job_id, "rows": rec.rows, "status_url": f"/v1/jobs/{rec.job_id}"}, 202
-    )
+    store = app[STORE]
+    if key is not None:
+        store.remember_key(name, key, job.job_id)
+    if JOURNAL in app:
+        try:
+            await app[JOURNAL].append(job.job_id, rec.frame)
+        except OSError as exc:
+            if key is not None:
+                store.forget_key(name, key)
+            log.error("journal write failed: %s", exc)
+            return unavailable(app, "journal", "the gateway cannot record the job durably; retry later")
+    pipeline.dispatch(rec)
+    app[METRICS].jobs_accepted.inc()
+    app[METRICS].rows_accepted.inc(rec.rows)
+    return await _answer_job(request, rec)
 
 
 async def job_status(request: web.Request) -> web.Response:
@@ -102,7 +165,7 @@ async def job_status(request: web.Request) -> web.Response:
         try:
             rec = await request.app[DATABASE].ledger(job_id)
         except psycopg.OperationalError:
-            return unavailable(request.app[CONFIG], "the job is not in memory and the ledger cannot be reached")
+            return unavailable(request.app, "database", "the job is not in memory and the ledger cannot be reached")
     if rec is None:
         return json_response({"job_id": job_id, "state": "not_found", "error": "no such job"}, 404)
     return json_response(job_view(rec))
@@ -117,25 +180,86 @@ async def healthz(request: web.Request) -> web.Response:
     })
 
 
+async def metrics(request: web.Request) -> web.Response:
+    app = request.app
+    m, store = app[METRICS], app[STORE]
+    m.pending_jobs.set(len(store.pending))
+    m.pending_rows.set(store.pending_rows)
+    m.pending_bytes.set(store.pending_bytes)
+    if JOURNAL in app:
+        m.journal_bytes.set(app[JOURNAL].size_bytes)
+    return web.Response(body=generate_latest(m.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+@web.middleware
+async def count_responses(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    route = request.match_info.route.resource
+    label = route.canonical if route is not None else "unmatched"
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        request.app[METRICS].requests.labels(label, str(exc.status)).inc()
+        raise
+    request.app[METRICS].requests.labels(label, str(response.status)).inc()
+    return response
+
+
+async def _replay(app: web.Application, journal: Journal) -> list[JobRecord]:
+    """Jobs the journal holds that the ledger does not: accepted before a stop, not yet final."""
+    jobs: dict[str, tuple[Job, bytes]] = {}
+    for frame in journal.replay():
+        try:
+            job = decode_job(frame)
+        except WireError as exc:
+            log.error("journal: skipping a record that is not a job: %s", exc)
+            continue
+        jobs[job.job_id] = (job, frame)
+    done = await app[DATABASE].recorded(list(jobs)) if jobs else set()
+    keep = [(job_id, frame) for job_id, (_, frame) in jobs.items() if job_id not in done]
+    journal.open(keep)
+    records = []
+    for job_id, frame in keep:
+        job = jobs[job_id][0]
+        records.append(JobRecord(job_id, job.table, job.row_count, job.accepted_at, frame=frame))
+        if job.idempotency_key is not None:
+            app[STORE].remember_key(job.table, job.idempotency_key, job_id)
+    log.info("journal: %d jobs replayed, %d already in the ledger, %d to send again",
+             len(jobs), len(done), len(keep))
+    return records
+
+
 async def _resources(app: web.Application) -> AsyncIterator[None]:
     cfg = app[CONFIG]
     db = Database(cfg.database.dsn, cfg.gateway.tables)
     await db.open()
     app[DATABASE] = db
-    pipeline = Pipeline(cfg.gateway, app[STORE])
-    pipeline.start()
+    journal = None
+    replayed: list[JobRecord] = []
+    if cfg.gateway.durability == "disk":
+        journal = Journal(cfg.path(cfg.gateway.journal_dir), cfg.gateway.journal_segment_bytes)
+        replayed = await _replay(app, journal)
+        app[JOURNAL] = journal
+    pipeline = Pipeline(cfg.gateway, app[STORE], app[METRICS], journal.done if journal else lambda _: None)
     app[PIPELINE] = pipeline
+    pipeline.start()
+    for rec in replayed:
+        pipeline.dispatch(rec)
     yield
     await pipeline.close()
+    if journal is not None:
+        await journal.close()
     await db.close()
 
 
 def create_app(cfg: Config) -> web.Application:
-    app = web.Application(client_max_size=cfg.gateway.max_body_bytes)
+    app = web.Application(client_max_size=cfg.gateway.max_body_bytes, middlewares=[count_responses])
     app[CONFIG] = cfg
-    app[STORE] = JobStore(cfg.gateway.status_capacity)
+    app[STORE] = JobStore(cfg.gateway.status_capacity, cfg.gateway.idempotency_ttl_s)
+    app[METRICS] = GatewayMetrics()
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/ingest/{table}", ingest)
     app.router.add_get("/v1/jobs/{job_id}", job_status)
     app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
     return app

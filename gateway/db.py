@@ -34,11 +34,13 @@ SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotn
  ORDER BY c.relname, a.attnum
 """
 
-_LEDGER = """
+_LEDGER_COLUMNS = """
 SELECT job_id, table_name, state, rows, extract(epoch FROM accepted_at)::float8,
        extract(epoch FROM committed_at)::float8, error
-  FROM zingest.ledger WHERE job_id = %s
-"""
+  FROM zingest.ledger"""
+_LEDGER = _LEDGER_COLUMNS + " WHERE job_id = %s"
+_LEDGER_BY_KEY = _LEDGER_COLUMNS + " WHERE table_name = %s AND idempotency_key = %s"
+_KNOWN = "SELECT job_id FROM zingest.ledger WHERE job_id = ANY(%s::text[])"
 
 
 class Database:
@@ -94,7 +96,17 @@ class Database:
         return table
 
     async def ledger(self, job_id: str) -> JobRecord | None:
-        rows = await self._fetch(_LEDGER, (job_id,))
+        return self._record(await self._fetch(_LEDGER, (job_id,)))
+
+    async def ledger_by_key(self, table: str, key: str) -> JobRecord | None:
+        return self._record(await self._fetch(_LEDGER_BY_KEY, (table, key)))
+
+    async def recorded(self, job_ids: list[str]) -> set[str]:
+        """Which of these jobs the ledger already holds (committed or failed)."""
+        return {row[0] for row in await self._fetch(_KNOWN, (job_ids,))}
+
+    @staticmethod
+    def _record(rows: list[tuple]) -> JobRecord | None:
         if not rows:
             return None
         job_id, table, state, n, accepted_at, committed_at, error = rows[0]

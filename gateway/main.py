@@ -62,10 +62,11 @@ async def serve(cfg: Config) -> int:
     drained.cancel()
     forced.cancel()
     left = len(store.pending)
-    c = app[PIPELINE].counters
+    p = app[PIPELINE]
     await runner.cleanup()
-    log.info("gateway stopped: %d jobs sent, %d final, %d redelivered, %d refused (full), %d still pending",
-             c.jobs_sent, c.jobs_final, c.jobs_redelivered, c.refused_full, left)
+    kept = "kept in the journal" if cfg.gateway.durability == "disk" else "lost (durability = memory)"
+    log.info("gateway stopped: %d jobs sent, %d final, %d redelivered; %d still pending, %s",
+             p.jobs_sent, p.jobs_final, p.redelivered, left, kept)
     return EXIT_OK
 
 

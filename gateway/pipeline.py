@@ -5,8 +5,14 @@ Binds (stable side): ``gateway.push_bind`` (PUSH, sinks PULL from it) and
 Config section: ``[gateway]``.
 
 Sends never block the event loop: a PUSH with no connected sink, or with every
-sink's queue at its high-water mark, raises ``zmq.Again`` at once, and the
-request is answered 503 with Retry-After.
+sink's queue at its high-water mark, raises ``zmq.Again`` at once. A new
+request is admitted only while a sink is connected, nothing is waiting to be
+sent and the pending bounds hold; otherwise it is answered 503 with
+Retry-After. An admitted job that still meets a full queue waits in the
+unsent queue, which the sender drains as soon as sinks take frames again.
+
+A job with no final status ``gateway.redelivery_timeout_s`` after it was sent
+is sent again; sinks skip jobs the ledger already holds and report their fate.
 """
 
 from __future__ import annotations
@@ -14,41 +20,45 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable
 
 import zmq
 import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from common.config import GatewayConfig
-from common.wire import WireError, decode_statuses
+from common.wire import JobState, Status, WireError, decode_statuses
 from common.zmqutil import configure
+from gateway.metrics import GatewayMetrics
 from gateway.store import JobRecord, JobStore
 
 log = logging.getLogger(__name__)
 
-
-@dataclass
-class PipelineCounters:
-    jobs_sent: int = 0
-    jobs_redelivered: int = 0
-    jobs_final: int = 0
-    statuses_foreign: int = 0
-    bad_frames: int = 0
-    refused_full: int = 0
+# How often the sender retries unsent jobs while sinks are full (seconds).
+SEND_RETRY_S = 0.005
+# How often timed-out jobs are looked for (seconds), at most.
+REDELIVERY_SCAN_S = 1.0
 
 
 class Pipeline:
-    def __init__(self, cfg: GatewayConfig, store: JobStore) -> None:
+    def __init__(self, cfg: GatewayConfig, store: JobStore, metrics: GatewayMetrics,
+                 on_final: Callable[[str], None] = lambda job_id: None) -> None:
         self.cfg = cfg
         self.store = store
-        self.counters = PipelineCounters()
+        self.metrics = metrics
+        self._on_final = on_final
         self._ctx = zmq.asyncio.Context()
         self._push = configure(self._ctx.socket(zmq.PUSH), sndhwm=cfg.send_hwm)
         self._sub = configure(self._ctx.socket(zmq.SUB), linger_ms=0)
         self._tasks: list[asyncio.Task[None]] = []
+        self._unsent: deque[str] = deque()
+        self._wake = asyncio.Event()
         # Sink connections to the PUSH socket, counted from its monitor events.
         self.sinks_connected = 0
+        self.jobs_sent = 0
+        self.jobs_final = 0
+        self.redelivered = 0
 
     def start(self) -> None:
         monitor = self._push.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
@@ -57,7 +67,7 @@ class Pipeline:
         self._sub.bind(self.cfg.status_bind)
         self._tasks = [
             asyncio.create_task(self._listen(), name="status-listener"),
-            asyncio.create_task(self._redeliver(), name="redelivery"),
+            asyncio.create_task(self._sender(), name="sender"),
             asyncio.create_task(self._count_sinks(monitor), name="sink-monitor"),
         ]
         log.info("push bound at %s, status bound at %s", self.cfg.push_bind, self.cfg.status_bind)
@@ -71,28 +81,71 @@ class Pipeline:
         self._sub.close()
         self._ctx.term()
 
-    def submit(self, rec: JobRecord) -> bool:
-        """Send a new job; False (and nothing tracked) when no sink can take it now."""
-        assert rec.frame is not None
+    def refusal(self) -> str | None:
+        """Why a new job cannot be admitted now (a 503 reason), or None."""
         store, cfg = self.store, self.cfg
+        if self.sinks_connected == 0:
+            return "no_sink"
+        if self._unsent:
+            return "sinks_full"
         if store.pending_rows >= cfg.max_pending_rows or store.pending_bytes >= cfg.max_pending_bytes:
-            self.counters.refused_full += 1
-            return False
-        if not self._send(rec.frame):
-            self.counters.refused_full += 1
-            return False
-        rec.sent_at = time.monotonic()
-        self.store.add(rec)
-        self.counters.jobs_sent += 1
-        return True
+            return "buffer_full"
+        return None
 
-    def _send(self, frame: bytes) -> bool:
+    def dispatch(self, rec: JobRecord) -> None:
+        """Track an admitted job and send it now, or as soon as a sink can take it."""
+        self.store.add(rec)
+        self._enqueue(rec)
+
+    def _enqueue(self, rec: JobRecord) -> None:
+        if not self._unsent and self._send(rec):
+            return
+        self._unsent.append(rec.job_id)
+        self._wake.set()
+
+    def _send(self, rec: JobRecord) -> bool:
+        assert rec.frame is not None
         try:
             # The asyncio socket's send returns a future; with NOBLOCK it is settled at once.
-            self._push.send(frame, zmq.NOBLOCK, copy=False).result()
+            self._push.send(rec.frame, zmq.NOBLOCK, copy=False).result()
         except zmq.Again:
             return False
+        rec.sent_at = time.monotonic()
+        self.jobs_sent += 1
         return True
+
+    async def _sender(self) -> None:
+        """Drain the unsent queue; every REDELIVERY_SCAN_S, queue jobs whose status is overdue."""
+        timeout = self.cfg.redelivery_timeout_s
+        next_scan = time.monotonic() + REDELIVERY_SCAN_S
+        while True:
+            while self._unsent:
+                rec = self.store.pending.get(self._unsent[0])
+                if rec is not None and not self._send(rec):
+                    break
+                self._unsent.popleft()
+            # With jobs unsent and sinks connected but full, retry soon; with no sink, the monitor wakes us.
+            busy = self._unsent and self.sinks_connected
+            wait = SEND_RETRY_S if busy else max(0.0, next_scan - time.monotonic())
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), wait)
+            except TimeoutError:
+                pass
+            now = time.monotonic()
+            if now >= next_scan:
+                next_scan = now + min(REDELIVERY_SCAN_S, timeout / 4)
+                queued = set(self._unsent)
+                for rec in self.store.due(now - timeout):
+                    if rec.job_id in queued or rec.sent_at == 0.0:
+                        continue
+                    rec.attempts += 1
+                    rec.sent_at = now  # not due again until a full timeout from now
+                    self._unsent.append(rec.job_id)
+                    self.redelivered += 1
+                    self.metrics.jobs_redelivered.inc()
+                    log.info("job %s had no final status after %.1f s; sending it again (attempt %d)",
+                             rec.job_id, timeout, rec.attempts)
 
     async def _listen(self) -> None:
         while True:
@@ -100,14 +153,19 @@ class Pipeline:
             try:
                 statuses = decode_statuses(frame)
             except WireError as exc:
-                self.counters.bad_frames += 1
                 log.error("dropped a status frame: %s", exc)
                 continue
             for status in statuses:
-                if self.store.resolve(status):
-                    self.counters.jobs_final += 1
-                else:
-                    self.counters.statuses_foreign += 1
+                self._resolve(status)
+
+    def _resolve(self, status: Status) -> None:
+        if not self.store.resolve(status):
+            return  # another gateway's job, or a repeat of a status already applied
+        self.jobs_final += 1
+        self.metrics.jobs_final.labels(status.state.value).inc()
+        if status.state is JobState.COMMITTED:
+            self.metrics.rows_committed.inc(status.rows)
+        self._on_final(status.job_id)
 
     async def _count_sinks(self, monitor: zmq.asyncio.Socket) -> None:
         try:
@@ -115,22 +173,9 @@ class Pipeline:
                 event = parse_monitor_message(await monitor.recv_multipart())["event"]
                 if event == zmq.EVENT_ACCEPTED:
                     self.sinks_connected += 1
+                    self._wake.set()
                 elif event == zmq.EVENT_DISCONNECTED:
                     self.sinks_connected = max(0, self.sinks_connected - 1)
+                self.metrics.sinks_connected.set(self.sinks_connected)
         finally:
             monitor.close(linger=0)
-
-    async def _redeliver(self) -> None:
-        timeout = self.cfg.redelivery_timeout_s
-        while True:
-            await asyncio.sleep(min(1.0, timeout / 4))
-            now = time.monotonic()
-            for rec in self.store.due(now - timeout):
-                assert rec.frame is not None
-                if not self._send(rec.frame):
-                    break  # every sink is full or gone; try again next round
-                rec.sent_at = now
-                rec.attempts += 1
-                self.counters.jobs_redelivered += 1
-                log.info("job %s had no final status after %.1f s; sent again (attempt %d)",
-                         rec.job_id, timeout, rec.attempts)

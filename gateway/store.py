@@ -4,12 +4,16 @@ Pending jobs keep their encoded frame so they can be sent again when no final
 status arrives in time (redelivery); their rows and bytes are counted so
 ``gateway`` can refuse new work (503) before memory grows without bound.
 Final jobs are kept newest-last up to ``status_capacity``; older ones are
-answered from the ledger table by the caller.
+answered from the ledger table by the caller. Idempotency-Keys map to the job
+they created for ``idempotency_ttl_s`` (and at most ``status_capacity`` keys);
+past that the ledger's unique (table, key) index still keeps a retry from
+landing twice.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
@@ -31,8 +35,11 @@ class JobRecord:
 
 
 class JobStore:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, key_ttl_s: float = 86_400.0) -> None:
         self.capacity = capacity
+        self.key_ttl_s = key_ttl_s
+        # (table, Idempotency-Key) -> (job id, monotonic expiry), oldest first
+        self._keys: OrderedDict[tuple[str, str], tuple[str, float]] = OrderedDict()
         self.pending: dict[str, JobRecord] = {}
         self.final: OrderedDict[str, JobRecord] = OrderedDict()
         self.pending_rows = 0
@@ -47,6 +54,26 @@ class JobStore:
         self.pending_rows += rec.rows
         self.pending_bytes += len(rec.frame)
         self._idle.clear()
+
+    def remember_key(self, table: str, key: str, job_id: str) -> None:
+        self._keys[(table, key)] = (job_id, time.monotonic() + self.key_ttl_s)
+        self._keys.move_to_end((table, key))
+        while len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+
+    def forget_key(self, table: str, key: str) -> None:
+        self._keys.pop((table, key), None)
+
+    def job_for_key(self, table: str, key: str) -> str | None:
+        """The job id a live Idempotency-Key created, if this gateway still remembers it."""
+        now = time.monotonic()
+        while self._keys:
+            oldest, (_, expires) = next(iter(self._keys.items()))
+            if expires > now:
+                break
+            del self._keys[oldest]
+        entry = self._keys.get((table, key))
+        return entry[0] if entry else None
 
     def get(self, job_id: str) -> JobRecord | None:
         return self.pending.get(job_id) or self.final.get(job_id)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from prometheus_client import start_http_server
+
 from common.config import ConfigError, load_config
 from common.lifecycle import StopFlags
 from common.logs import setup_logging
@@ -11,6 +13,7 @@ from sink.runner import Sink
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
+EXIT_START = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,5 +30,14 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_CONFIG
     stop = StopFlags()
     stop.install()
-    Sink(cfg, cfg.database.dsn, stop).run()
+    sink = Sink(cfg, cfg.database.dsn, stop)
+    if cfg.sink.metrics_listen:
+        host, _, port = cfg.sink.metrics_listen.rpartition(":")
+        try:
+            start_http_server(int(port), host, registry=sink.metrics.registry)
+        except OSError as exc:
+            log.error("cannot serve metrics on %s: %s", cfg.sink.metrics_listen, exc)
+            return EXIT_START
+        log.info("metrics on http://%s/metrics", cfg.sink.metrics_listen)
+    sink.run()
     return EXIT_OK

@@ -21,9 +21,10 @@ import zmq
 
 from common.config import Config
 from common.lifecycle import StopFlags
-from common.wire import WireError, decode_job, encode_statuses
+from common.wire import JobState, WireError, decode_job, encode_statuses
 from common.zmqutil import configure
 from sink.batcher import Batcher
+from sink.metrics import SinkMetrics
 from sink.writer import PgWriter, TransientError
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Sink:
         self.cfg = cfg
         self.stop = stop
         self.counters = SinkCounters()
+        self.metrics = SinkMetrics()
         self._ctx = ctx or zmq.Context.instance()
         self._writer = PgWriter(dsn)
         self._batcher = Batcher(cfg.sink.batch_rows, cfg.sink.batch_linger_ms / 1000)
@@ -120,11 +122,13 @@ class Sink:
                 self._batcher.add(decode_job(frame))
             except WireError as exc:
                 self.counters.bad_frames += 1
+                self.metrics.bad_frames.inc()
                 log.error("dropped a frame that is not a job: %s", exc)
 
     def _flush(self) -> None:
         jobs = self._batcher.take()
         backoff = DB_BACKOFF_FIRST_S
+        started = time.monotonic()
         while True:
             try:
                 result = self._writer.write(jobs)
@@ -134,14 +138,22 @@ class Sink:
                     log.error("exiting with %d jobs unwritten; the gateway will send them again", len(jobs))
                     return
                 self.counters.db_retries += 1
+                self.metrics.db_retries.inc()
                 log.warning("database unavailable (%s); retrying the batch in %.1f s", exc, backoff)
                 self.stop.force_exit.wait(backoff)
                 backoff = min(backoff * 2, DB_BACKOFF_MAX_S)
         assert self._pub is not None
         self._pub.send(encode_statuses(result.statuses))
-        c = self.counters
+        failed = sum(1 for s in result.statuses if s.state is JobState.FAILED)
+        c, m = self.counters, self.metrics
         c.batches += 1
         c.jobs += len(jobs)
         c.rows += result.rows_written
         c.redeliveries += result.duplicates
-        c.failed_jobs += sum(1 for s in result.statuses if s.state.value == "failed")
+        c.failed_jobs += failed
+        m.copy_seconds.observe(time.monotonic() - started)
+        m.batch_rows.observe(result.rows_written)
+        m.rows_committed.inc(result.rows_written)
+        m.redeliveries.inc(result.duplicates)
+        m.jobs.labels("committed").inc(len(result.statuses) - failed)
+        m.jobs.labels("failed").inc(failed)

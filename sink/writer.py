@@ -30,11 +30,12 @@ from common.wire import Job, JobState, Status
 
 log = logging.getLogger(__name__)
 
+# ON CONFLICT without a target: a repeat of the job id or of the (table, Idempotency-Key) pair is skipped.
 _INSERT_LEDGER = """
-INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at)
-SELECT j, t, 'committed', r, to_timestamp(a)
-  FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[]) AS u(j, t, r, a)
-ON CONFLICT (job_id) DO NOTHING
+INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at, idempotency_key)
+SELECT j, t, 'committed', r, to_timestamp(a), k
+  FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[], %s::text[]) AS u(j, t, r, a, k)
+ON CONFLICT DO NOTHING
 RETURNING job_id, extract(epoch FROM committed_at)::float8
 """
 
@@ -43,10 +44,15 @@ SELECT job_id, state, rows, extract(epoch FROM committed_at)::float8, error
   FROM zingest.ledger WHERE job_id = ANY(%s::text[])
 """
 
+_SELECT_LEDGER_BY_KEY = """
+SELECT job_id, state, extract(epoch FROM committed_at)::float8, error
+  FROM zingest.ledger WHERE table_name = %s AND idempotency_key = %s
+"""
+
 _INSERT_FAILED = """
-INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at, error)
-VALUES (%s, %s, 'failed', %s, to_timestamp(%s), %s)
-ON CONFLICT (job_id) DO NOTHING
+INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at, idempotency_key, error)
+VALUES (%s, %s, 'failed', %s, to_timestamp(%s), %s, %s)
+ON CONFLICT DO NOTHING
 """
 
 
@@ -80,6 +86,25 @@ def describe(exc: psycopg.Error) -> str:
     if diag.context and "COPY" in diag.context:
         text += f" [{diag.context.strip().splitlines()[0]}]"
     return f"{exc.sqlstate or 'error'}: {text}"
+
+
+def recorded_fates(cur: psycopg.Cursor, jobs: list[Job]) -> list[Status]:
+    """Statuses of jobs the ledger already holds, by job id or else by (table, Idempotency-Key)."""
+    if not jobs:
+        return []
+    cur.execute(_SELECT_LEDGER, ([j.job_id for j in jobs],))
+    found = {row[0]: Status(row[0], JobState(row[1]), row[2], row[3], row[4]) for row in cur.fetchall()}
+    statuses = []
+    for job in jobs:
+        if job.job_id in found:
+            statuses.append(found[job.job_id])
+            continue
+        # Not this id: another job with the same key landed first (a retry accepted by another gateway).
+        cur.execute(_SELECT_LEDGER_BY_KEY, (job.table, job.idempotency_key))
+        first_id, state, committed_at, error = cur.fetchone()
+        note = f"duplicate of job {first_id} (same Idempotency-Key); its rows were not written again"
+        statuses.append(Status(job.job_id, JobState(state), job.row_count, committed_at, error or note))
+    return statuses
 
 
 class PgWriter:
@@ -148,6 +173,7 @@ class PgWriter:
                     [j.table for j in jobs],
                     [j.row_count for j in jobs],
                     [j.accepted_at for j in jobs],
+                    [j.idempotency_key for j in jobs],
                 ),
             )
             fresh = dict(cur.fetchall())
@@ -166,11 +192,8 @@ class PgWriter:
             statuses = [
                 Status(j.job_id, JobState.COMMITTED, j.row_count, fresh[j.job_id]) for j in jobs if j.job_id in fresh
             ]
-            seen = [j.job_id for j in jobs if j.job_id not in fresh]
-            if seen:
-                cur.execute(_SELECT_LEDGER, (seen,))
-                for job_id, state, rows, committed_at, error in cur.fetchall():
-                    statuses.append(Status(job_id, JobState(state), rows, committed_at, error))
+            seen = [j for j in jobs if j.job_id not in fresh]
+            statuses += recorded_fates(cur, seen)
         return WriteResult(statuses, written, len(seen))
 
     def _fail(self, conn: psycopg.Connection, job: Job, exc: psycopg.Error) -> WriteResult:
@@ -178,7 +201,7 @@ class PgWriter:
         error = describe(exc)
         log.warning("job %s into %s failed: %s", job.job_id, job.table, error)
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(_INSERT_FAILED, (job.job_id, job.table, job.row_count, job.accepted_at, error))
-            cur.execute(_SELECT_LEDGER, ([job.job_id],))
-            job_id, state, rows, committed_at, recorded_error = cur.fetchone()
-        return WriteResult([Status(job_id, JobState(state), rows, committed_at, recorded_error)], 0, 0)
+            cur.execute(
+                _INSERT_FAILED, (job.job_id, job.table, job.row_count, job.accepted_at, job.idempotency_key, error)
+            )
+            return WriteResult(recorded_fates(cur, [job]), 0, 0)

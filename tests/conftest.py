@@ -82,10 +82,12 @@ def rides_dsn(pg_dsn: str) -> str:
 
 
 @pytest.fixture
-def ports_env() -> dict[str, str]:
-    """ZINGEST_* variables that put a gateway and its sinks on free loopback ports."""
-    http, push, status = free_port(), free_port(), free_port()
+def ports_env(tmp_path: Path) -> dict[str, str]:
+    """ZINGEST_* variables that put a gateway and its sinks on free loopback ports, journal in tmp_path."""
+    http, push, status, metrics = free_port(), free_port(), free_port(), free_port()
     return {
+        "ZINGEST_GATEWAY__JOURNAL_DIR": str(tmp_path / "journal"),
+        "ZINGEST_SINK__METRICS_LISTEN": f"127.0.0.1:{metrics}",
         "ZINGEST_GATEWAY__LISTEN": f"127.0.0.1:{http}",
         "ZINGEST_GATEWAY__PUSH_BIND": f"tcp://127.0.0.1:{push}",
         "ZINGEST_GATEWAY__STATUS_BIND": f"tcp://127.0.0.1:{status}",

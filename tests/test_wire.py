@@ -40,6 +40,7 @@ def test_job_round_trip_with_several_groups_and_every_value_kind() -> None:
             Group(("id", "payload"), [[7, '{"nested": [1, 2, {"k": null}]}'], [8, ""]]),
             Group(("id", "empty"), []),
         ),
+        idempotency_key="client-retry-7",
     )
     frame = encode_job(job)
     back = decode_job(frame)
@@ -78,9 +79,11 @@ GOLDEN_JOB = Job(
         Group(("id", "name", "ok"), [[1, "a", True], [-2, None, False]]),
         Group(("id", "x"), [[3, 2.5]]),
     ),
+    "key-1",
 )
 GOLDEN_JOB_HEX = (
-    "9601a14aa66a2d30303031a57269646573cb41d954fc40200000"  # [1, "J", "j-0001", "rides", 1700000000.5,
+    "9701a14aa66a2d30303031a57269646573cb41d954fc40200000"  # [1, "J", "j-0001", "rides", 1700000000.5,
+    "a56b65792d31"                                          #  "key-1",
     "92"                                                    #  [
     "9293a26964a46e616d65a26f6b929301a161c393fec0c2"        #   [["id","name","ok"], [[1,"a",true],[-2,nil,false]]],
     "9292a26964a178919203cb4004000000000000"                #   [["id","x"], [[3, 2.5]]]]]
@@ -137,24 +140,25 @@ BAD_JOBS = {
     "version 0": pack([0, KIND_JOB, "j", "t", 1.0, GOOD_GROUPS]),
     "version as string": pack(["1", KIND_JOB, "j", "t", 1.0, GOOD_GROUPS]),
     "status kind": pack([1, KIND_STATUS, []]),
-    "unknown kind": pack([1, "X", "j", "t", 1.0, GOOD_GROUPS]),
-    "missing groups": pack([1, KIND_JOB, "j", "t", 1.0]),
-    "extra element": pack([1, KIND_JOB, "j", "t", 1.0, GOOD_GROUPS, "more"]),
-    "row too short": pack([1, KIND_JOB, "j", "t", 1.0, [[["id", "x"], [[1, 2], [3]]]]]),
-    "row too long": pack([1, KIND_JOB, "j", "t", 1.0, [[["id", "x"], [[1, 2, 3]]]]]),
-    "row not an array": pack([1, KIND_JOB, "j", "t", 1.0, [[["id", "x"], [{"id": 1, "x": 2}]]]]),
-    "rows not an array": pack([1, KIND_JOB, "j", "t", 1.0, [[["id"], "rows"]]]),
-    "groups not an array": pack([1, KIND_JOB, "j", "t", 1.0, 5]),
-    "groups a map": pack([1, KIND_JOB, "j", "t", 1.0, {"id": [[1]]}]),
-    "group not a pair": pack([1, KIND_JOB, "j", "t", 1.0, [[["id"], [[1]], "x"]]]),
-    "group a scalar": pack([1, KIND_JOB, "j", "t", 1.0, [7]]),
-    "columns a string": pack([1, KIND_JOB, "j", "t", 1.0, [["ab", [[1, 2]]]]]),
-    "columns not strings": pack([1, KIND_JOB, "j", "t", 1.0, [[[1, 2], [[1, 2]]]]]),
-    "columns a scalar": pack([1, KIND_JOB, "j", "t", 1.0, [[3, []]]]),
-    "job id not a string": pack([1, KIND_JOB, 17, "t", 1.0, GOOD_GROUPS]),
-    "table not a string": pack([1, KIND_JOB, "j", None, 1.0, GOOD_GROUPS]),
-    "accepted_at nil": pack([1, KIND_JOB, "j", "t", None, GOOD_GROUPS]),
-    "accepted_at text": pack([1, KIND_JOB, "j", "t", "yesterday", GOOD_GROUPS]),
+    "unknown kind": pack([1, "X", "j", "t", 1.0, None, GOOD_GROUPS]),
+    "missing groups": pack([1, KIND_JOB, "j", "t", 1.0, None]),
+    "idempotency key not a string": pack([1, KIND_JOB, "j", "t", 1.0, 42, GOOD_GROUPS]),
+    "extra element": pack([1, KIND_JOB, "j", "t", 1.0, None, GOOD_GROUPS, "more"]),
+    "row too short": pack([1, KIND_JOB, "j", "t", 1.0, None, [[["id", "x"], [[1, 2], [3]]]]]),
+    "row too long": pack([1, KIND_JOB, "j", "t", 1.0, None, [[["id", "x"], [[1, 2, 3]]]]]),
+    "row not an array": pack([1, KIND_JOB, "j", "t", 1.0, None, [[["id", "x"], [{"id": 1, "x": 2}]]]]),
+    "rows not an array": pack([1, KIND_JOB, "j", "t", 1.0, None, [[["id"], "rows"]]]),
+    "groups not an array": pack([1, KIND_JOB, "j", "t", 1.0, None, 5]),
+    "groups a map": pack([1, KIND_JOB, "j", "t", 1.0, None, {"id": [[1]]}]),
+    "group not a pair": pack([1, KIND_JOB, "j", "t", 1.0, None, [[["id"], [[1]], "x"]]]),
+    "group a scalar": pack([1, KIND_JOB, "j", "t", 1.0, None, [7]]),
+    "columns a string": pack([1, KIND_JOB, "j", "t", 1.0, None, [["ab", [[1, 2]]]]]),
+    "columns not strings": pack([1, KIND_JOB, "j", "t", 1.0, None, [[[1, 2], [[1, 2]]]]]),
+    "columns a scalar": pack([1, KIND_JOB, "j", "t", 1.0, None, [[3, []]]]),
+    "job id not a string": pack([1, KIND_JOB, 17, "t", 1.0, None, GOOD_GROUPS]),
+    "table not a string": pack([1, KIND_JOB, "j", None, 1.0, None, GOOD_GROUPS]),
+    "accepted_at nil": pack([1, KIND_JOB, "j", "t", None, None, GOOD_GROUPS]),
+    "accepted_at text": pack([1, KIND_JOB, "j", "t", "yesterday", None, GOOD_GROUPS]),
 }
 
 
@@ -190,6 +194,6 @@ def test_wire_error_messages_say_what_is_wrong() -> None:
     with pytest.raises(WireError, match="expected a 'J' frame, got 'S'"):
         decode_job(encode_statuses([]))
     with pytest.raises(WireError, match="as wide as") as info:
-        decode_job(pack([1, KIND_JOB, "j", "t", 1.0, [[["id", "x"], [[1]]]]]))
+        decode_job(pack([1, KIND_JOB, "j", "t", 1.0, None, [[["id", "x"], [[1]]]]]))
     assert isinstance(info.value.__cause__, TypeError)
     assert isinstance(WireError("x"), ValueError)

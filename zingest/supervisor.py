@@ -160,7 +160,7 @@ class Supervisor:
         env = dict(os.environ, ZINGEST_DATABASE__DSN=dsn)
         args = ["--config", self.config_path] if self.config_path else []
         gateway = Child("gateway", 0, args, env)
-        sinks = [Child("sink", i, args, env) for i in range(self.sinks)]
+        sinks = [Child("sink", i, args, self._sink_env(env, i)) for i in range(self.sinks)]
         gateway.start()
         for sink in sinks:
             sink.start()
@@ -194,6 +194,14 @@ class Supervisor:
         restarts = sum(c.restarts for c in children)
         log.info("zingest stopped: gateway and %d sinks, %d restarts", len(sinks), restarts)
         return EXIT_OK
+
+    def _sink_env(self, env: dict[str, str], index: int) -> dict[str, str]:
+        """Sink i serves its metrics on sink.metrics_listen's port + i."""
+        listen = self.cfg.sink.metrics_listen
+        if not listen:
+            return env
+        host, _, port = listen.rpartition(":")
+        return {**env, "ZINGEST_SINK__METRICS_LISTEN": f"{host}:{int(port) + index}"}
 
     def _shutdown(self, gateway: Child, sinks: list[Child]) -> None:
         """Gateway first (stop intake, drain), then sinks (commit what they hold); a second signal kills."""

@@ -1,0 +1,186 @@
+"""The gateway's append-only journal of accepted jobs (``gateway.durability = "disk"``).
+
+Every accepted job's frame is appended and fsynced before the client gets its
+202; appends that arrive while one fsync runs share the next one (group
+commit), so the cost is one fsync per group, not per request.
+
+On disk: segment files ``<journal_dir>/<seq>.journal``, each a run of records
+``[u32 length][u32 crc32][job frame]`` (little-endian). A record cut short by
+a crash, or whose checksum does not match, ends its segment's replay: its
+append never completed, so no client was told it was accepted.
+
+A segment is deleted once every job in it is final (``done``); the segment
+being written is kept. At start the gateway replays all segments, asks the
+ledger which jobs are already final, copies the others into a fresh segment
+and deletes the old ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+_HEADER = struct.Struct("<II")
+SUFFIX = ".journal"
+
+
+def read_segment(path: Path) -> Iterator[bytes]:
+    """The intact records of one segment, in order; stops at the first torn or corrupt one."""
+    data = path.read_bytes()
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, crc = _HEADER.unpack_from(data, offset)
+        start = offset + _HEADER.size
+        payload = data[start : start + length]
+        if len(payload) < length or zlib.crc32(payload) != crc:
+            log.warning("journal %s: record at byte %d is incomplete or corrupt; ignoring the rest", path, offset)
+            return
+        yield payload
+        offset = start + length
+
+
+def _encode(payload: bytes) -> bytes:
+    return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+class Journal:
+    def __init__(self, directory: Path, segment_bytes: int, fsync: bool = True) -> None:
+        self.directory = directory
+        self.segment_bytes = segment_bytes
+        self._fsync = fsync
+        self._seq = 0
+        self._fd = -1
+        self._size = 0
+        self._live: dict[int, int] = {}  # segment seq -> jobs in it not yet final
+        self._where: dict[str, int] = {}  # job id -> segment seq
+        self._buffer: list[bytes] = []
+        self._ids: list[str] = []
+        self._group: asyncio.Future[None] | None = None
+        self._flusher: asyncio.Task[None] | None = None
+        self.fsyncs = 0
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    def segments(self) -> list[Path]:
+        return sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda p: int(p.stem))
+
+    def replay(self) -> list[bytes]:
+        """Every intact job frame in the journal, oldest first (before :meth:`open`)."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        return [frame for path in self.segments() for frame in read_segment(path)]
+
+    def open(self, keep: list[tuple[str, bytes]]) -> None:
+        """Start a fresh segment holding ``keep`` (job id, frame), then delete the older segments."""
+        old = self.segments()
+        self._seq = int(old[-1].stem) + 1 if old else 1
+        self._open_segment()
+        if keep:
+            data = b"".join(_encode(frame) for _, frame in keep)
+            os.write(self._fd, data)
+            self._size += len(data)
+            self._sync()
+            self._live[self._seq] = len(keep)
+            for job_id, _ in keep:
+                self._where[job_id] = self._seq
+        for path in old:
+            path.unlink()
+        self._sync_dir()
+
+    def _open_segment(self) -> None:
+        path = self.directory / f"{self._seq:012d}{SUFFIX}"
+        self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._size = 0
+        self._live.setdefault(self._seq, 0)
+        self._sync_dir()
+
+    def _sync(self) -> None:
+        if self._fsync:
+            os.fdatasync(self._fd)
+        self.fsyncs += 1
+
+    def _sync_dir(self) -> None:
+        if self._fsync:
+            fd = os.open(self.directory, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def append(self, job_id: str, frame: bytes) -> None:
+        """Return once the frame is on disk (fsynced together with whatever else arrived meanwhile)."""
+        if self._group is None:
+            self._group = asyncio.get_running_loop().create_future()
+        group = self._group
+        self._buffer.append(_encode(frame))
+        self._ids.append(job_id)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush())
+        await asyncio.shield(group)
+
+    async def _flush(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._buffer:
+            data, ids, group = b"".join(self._buffer), self._ids, self._group
+            self._buffer, self._ids, self._group = [], [], None
+            assert group is not None
+            try:
+                await loop.run_in_executor(None, self._write, data)
+            except OSError as exc:
+                group.set_exception(exc)
+                continue
+            seq = self._seq
+            self._live[seq] = self._live.get(seq, 0) + len(ids)
+            for job_id in ids:
+                self._where[job_id] = seq
+            group.set_result(None)
+            if self._size >= self.segment_bytes:
+                self._rotate()
+
+    def _write(self, data: bytes) -> None:
+        os.write(self._fd, data)
+        self._size += len(data)
+        self._sync()
+
+    def _rotate(self) -> None:
+        os.close(self._fd)
+        finished = self._seq
+        self._seq += 1
+        self._open_segment()
+        self._reclaim(finished)
+
+    def done(self, job_id: str) -> None:
+        """The job is final: its record is no longer needed."""
+        seq = self._where.pop(job_id, None)
+        if seq is None:
+            return
+        self._live[seq] -= 1
+        self._reclaim(seq)
+
+    def _reclaim(self, seq: int) -> None:
+        if seq != self._seq and self._live.get(seq) == 0:
+            del self._live[seq]
+            (self.directory / f"{seq:012d}{SUFFIX}").unlink(missing_ok=True)
+
+    @property
+    def size_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.segments())
+
+    async def close(self) -> None:
+        """Finish pending writes; with no job left unfinished, leave an empty journal behind."""
+        if self._flusher is not None:
+            await asyncio.gather(self._flusher, return_exceptions=True)
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+        if not self._where:
+            for path in self.segments():
+                path.unlink()
