@@ -28,7 +28,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.config import Config
-from common.wire import Job, WireError, decode_job, encode_job
+from common.wire import Job, JobState, WireError, decode_job, encode_job
 from gateway.db import Database
 from gateway.journal import Journal
 from gateway.metrics import GatewayMetrics
@@ -75,7 +75,8 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
         "state": rec.state.value,
         "rows": rec.rows,
         "accepted_at": _iso(rec.accepted_at),
-        "committed_at": _iso(rec.committed_at),
+        # A failed job was never committed: its committed_at stays null.
+        "committed_at": _iso(rec.committed_at) if rec.state is JobState.COMMITTED else None,
         "error": rec.error,
     }
 

@@ -18,6 +18,7 @@ and deletes the old ones.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import struct
@@ -26,6 +27,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 log = logging.getLogger(__name__)
+
+
+class JournalInUse(OSError):
+    """Another gateway holds this journal folder."""
+
 
 _HEADER = struct.Struct("<II")
 SUFFIX = ".journal"
@@ -64,6 +70,7 @@ class Journal:
         self._ids: list[str] = []
         self._group: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
+        self._lock_fd = -1
         self.fsyncs = 0
 
     # -- start-up ---------------------------------------------------------------------------
@@ -72,8 +79,18 @@ class Journal:
         return sorted(self.directory.glob(f"*{SUFFIX}"), key=lambda p: int(p.stem))
 
     def replay(self) -> list[bytes]:
-        """Every intact job frame in the journal, oldest first (before :meth:`open`)."""
+        """Lock the folder, then return every intact job frame in it, oldest first (before :meth:`open`)."""
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.directory / "LOCK", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self._lock_fd)
+            self._lock_fd = -1
+            raise JournalInUse(
+                f"journal folder {self.directory} is in use by another gateway; "
+                "give each gateway its own gateway.journal_dir"
+            ) from None
         return [frame for path in self.segments() for frame in read_segment(path)]
 
     def open(self, keep: list[tuple[str, bytes]]) -> None:
@@ -184,3 +201,6 @@ class Journal:
         if not self._where:
             for path in self.segments():
                 path.unlink()
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = -1

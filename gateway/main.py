@@ -46,6 +46,10 @@ async def serve(cfg: Config) -> int:
         await runner.setup()
         site = web.TCPSite(runner, host, int(port))
         await site.start()
+    except psycopg.ProgrammingError as exc:  # e.g. a DSN that is not a connection string
+        log.error("database.dsn is not usable: %s", exc)
+        await runner.cleanup()
+        return EXIT_CONFIG
     except (OSError, psycopg.OperationalError) as exc:
         log.error("cannot start: %s", exc)
         await runner.cleanup()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+import psycopg
 from prometheus_client import start_http_server
 
 from common.config import ConfigError, load_config
@@ -13,7 +14,6 @@ from sink.runner import Sink
 
 EXIT_OK = 0
 EXIT_CONFIG = 2
-EXIT_START = 3
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +36,13 @@ def main(argv: list[str] | None = None) -> int:
         try:
             start_http_server(int(port), host, registry=sink.metrics.registry)
         except OSError as exc:
-            log.error("cannot serve metrics on %s: %s", cfg.sink.metrics_listen, exc)
-            return EXIT_START
-        log.info("metrics on http://%s/metrics", cfg.sink.metrics_listen)
-    sink.run()
+            # Metrics are for watching, not for landing rows: run without them rather than not at all.
+            log.error("cannot serve metrics on %s (%s); running without /metrics", cfg.sink.metrics_listen, exc)
+        else:
+            log.info("metrics on http://%s/metrics", cfg.sink.metrics_listen)
+    try:
+        sink.run()
+    except psycopg.ProgrammingError as exc:  # e.g. a DSN that is not a connection string
+        log.error("database.dsn is not usable: %s", exc)
+        return EXIT_CONFIG
     return EXIT_OK

@@ -37,6 +37,9 @@ SUBSCRIBER_WAIT_S = 5.0
 # Reconnect back-off to PostgreSQL, seconds.
 DB_BACKOFF_FIRST_S = 0.1
 DB_BACKOFF_MAX_S = 5.0
+# Once asked to stop, how long a sink keeps retrying a batch the database will not take (seconds);
+# after that it exits and the gateway sends the unwritten jobs again.
+STOP_RETRY_S = 10.0
 
 
 @dataclass
@@ -85,7 +88,22 @@ class Sink:
                 self._pub.recv()  # the subscription message itself
                 return
 
+    def _connect(self) -> bool:
+        """Reach PostgreSQL before taking any work; False if asked to stop first."""
+        backoff = DB_BACKOFF_FIRST_S
+        while not self.stop.should_exit.is_set():
+            try:
+                self._writer.connect()
+                return True
+            except TransientError as exc:
+                log.warning("cannot reach PostgreSQL (%s); retrying in %.1f s", exc, backoff)
+                self.stop.should_exit.wait(backoff)
+                backoff = min(backoff * 2, DB_BACKOFF_MAX_S)
+        return False
+
     def run(self) -> SinkCounters:
+        if not self._connect():
+            return self.counters
         self._open()
         assert self._pull is not None
         log.info("sink started: pull %s, status %s", ",".join(self.cfg.sink.pull_connect),
@@ -129,12 +147,18 @@ class Sink:
         jobs = self._batcher.take()
         backoff = DB_BACKOFF_FIRST_S
         started = time.monotonic()
+        stop_seen: float | None = None
         while True:
             try:
                 result = self._writer.write(jobs)
                 break
             except TransientError as exc:
-                if self.stop.force_exit.is_set():
+                if self.stop.should_exit.is_set() and stop_seen is None:
+                    stop_seen = time.monotonic()
+                    log.warning("asked to stop while the database is unavailable: retrying for up to %.0f s more",
+                                STOP_RETRY_S)
+                gave_up = stop_seen is not None and time.monotonic() - stop_seen > STOP_RETRY_S
+                if self.stop.force_exit.is_set() or gave_up:
                     log.error("exiting with %d jobs unwritten; the gateway will send them again", len(jobs))
                     return
                 self.counters.db_retries += 1

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -45,17 +47,21 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def embedded_pg(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedPostgres | None]:
+def embedded_pg() -> Iterator[EmbeddedPostgres | None]:
     """The session's embedded server, or None when ZINGEST_TEST_DSN names another one."""
     if os.environ.get("ZINGEST_TEST_DSN"):
         yield None
         return
-    server = EmbeddedPostgres(tmp_path_factory.mktemp("pg") / "data")
+    # A folder of its own, not pytest's tmp_path: pytest prunes old numbered tmp folders, and a
+    # concurrent pytest run could delete the data folder from under a running server.
+    folder = Path(tempfile.mkdtemp(prefix="zingest-test-pg-"))
+    server = EmbeddedPostgres(folder / "data")
     server.start()
     try:
         yield server
     finally:
         server.stop()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -110,21 +110,13 @@ def apply_schema_files(cfg: Config, dsn: str) -> None:
             log.info("applied %s", name)
 
 
-def wait_ready(cfg: Config, gateway: Child, sinks: int, stop: StopFlags) -> bool:
-    """Wait until the gateway answers /healthz with every sink connected to it."""
-    url = f"http://{cfg.gateway.listen}/healthz"
-    deadline = time.monotonic() + READY_TIMEOUT_S
-    while time.monotonic() < deadline and not stop.should_exit.is_set():
-        if not gateway.alive():
-            return False
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if json.loads(resp.read()).get("sinks_connected", 0) >= sinks:
-                    return True
-        except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
-            pass
-        stop.should_exit.wait(0.05)
-    return False
+def is_ready(cfg: Config, sinks: int) -> bool:
+    """The gateway answers /healthz with every sink connected to it."""
+    try:
+        with urllib.request.urlopen(f"http://{cfg.gateway.listen}/healthz", timeout=1) as resp:
+            return json.loads(resp.read()).get("sinks_connected", 0) >= sinks
+    except (urllib.error.URLError, ConnectionError, TimeoutError, ValueError):
+        return False
 
 
 class Supervisor:
@@ -161,39 +153,53 @@ class Supervisor:
         args = ["--config", self.config_path] if self.config_path else []
         gateway = Child("gateway", 0, args, env)
         sinks = [Child("sink", i, args, self._sink_env(env, i)) for i in range(self.sinks)]
-        gateway.start()
-        for sink in sinks:
-            sink.start()
-        if not wait_ready(self.cfg, gateway, self.sinks, self.stop):
-            if not self.stop.should_exit.is_set():
-                log.error("the gateway and its sinks did not become ready; stopping")
+        children = [gateway, *sinks]
+        for child in children:
+            child.start()
+        ready_by = time.monotonic() + READY_TIMEOUT_S
+        announced = False
+        while not self.stop.should_exit.wait(CHECK_INTERVAL_S):
+            failed = self._tend(children, announced)
+            if failed is not None:
+                self._shutdown(gateway, sinks)
+                return failed
+            if announced:
+                continue
+            if is_ready(self.cfg, self.sinks):
+                # The two lines a person needs: where to send, and which database it lands in.
+                print(f"zingest is up: http://{self.cfg.gateway.listen}  ({self.sinks} sinks)", flush=True)
+                print(f"PostgreSQL: {dsn}", flush=True)
+                announced = True
+            elif time.monotonic() > ready_by:
+                log.error("the gateway and its sinks did not become ready in %.0f s; stopping", READY_TIMEOUT_S)
                 self._shutdown(gateway, sinks)
                 return EXIT_START
-        else:
-            # The two lines a person needs: where to send, and which database it lands in.
-            print(f"zingest is up: http://{self.cfg.gateway.listen}  ({self.sinks} sinks)", flush=True)
-            print(f"PostgreSQL: {dsn}", flush=True)
-        children = [gateway, *sinks]
-        while not self.stop.should_exit.wait(CHECK_INTERVAL_S):
-            now = time.monotonic()
-            for child in children:
-                if child.alive():
-                    if now - child.started_at > HEALTHY_AFTER_S:
-                        child.backoff = RESTART_FIRST_S
-                    continue
-                if child.next_start == 0.0:
-                    code = child.proc.returncode if child.proc else None
-                    child.next_start = now + child.backoff
-                    log.warning("%s exited with %s; restarting in %.1f s", child.name, code, child.backoff)
-                    child.backoff = min(child.backoff * 2, RESTART_MAX_S)
-                elif now >= child.next_start:
-                    child.next_start = 0.0
-                    child.restarts += 1
-                    child.start()
         self._shutdown(gateway, sinks)
         restarts = sum(c.restarts for c in children)
         log.info("zingest stopped: gateway and %d sinks, %d restarts", len(sinks), restarts)
         return EXIT_OK
+
+    def _tend(self, children: list[Child], announced: bool) -> int | None:
+        """Restart children that died, after their back-off; an exit code if starting up is hopeless."""
+        now = time.monotonic()
+        for child in children:
+            if child.alive():
+                if now - child.started_at > HEALTHY_AFTER_S:
+                    child.backoff = RESTART_FIRST_S
+                continue
+            if child.next_start == 0.0:
+                code = child.proc.returncode if child.proc else None
+                if code == EXIT_CONFIG or (code == EXIT_START and not announced):
+                    log.error("%s could not start (exit %s); see its log above", child.name, code)
+                    return code
+                child.next_start = now + child.backoff
+                log.warning("%s exited with %s; restarting in %.1f s", child.name, code, child.backoff)
+                child.backoff = min(child.backoff * 2, RESTART_MAX_S)
+            elif now >= child.next_start:
+                child.next_start = 0.0
+                child.restarts += 1
+                child.start()
+        return None
 
     def _sink_env(self, env: dict[str, str], index: int) -> dict[str, str]:
         """Sink i serves its metrics on sink.metrics_listen's port + i."""
