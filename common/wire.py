@@ -93,8 +93,12 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 
 def encode_job(job: Job) -> bytes:
+    """The job's frame; WireError if a value cannot be packed (e.g. nested deeper than msgpack allows)."""
     groups = [[list(g.columns), g.rows] for g in job.groups]
-    return _packer.pack([VERSION, KIND_JOB, job.job_id, job.table, job.accepted_at, job.idempotency_key, groups])
+    try:
+        return _packer.pack([VERSION, KIND_JOB, job.job_id, job.table, job.accepted_at, job.idempotency_key, groups])
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise WireError(f"cannot encode the job: {exc}") from exc
 
 
 def _unpack(frame: bytes, kind: str) -> list[Any]:

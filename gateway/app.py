@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -45,7 +46,8 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 JOURNAL = web.AppKey("journal", Journal)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 
-MAX_JOB_ID_LEN = 64
+# What new_job_id makes; anything else cannot be in the ledger, so it is not looked up.
+JOB_ID = re.compile(r"[0-9a-f]{32}")
 MAX_IDEMPOTENCY_KEY_LEN = 255
 
 _REFUSALS = {
@@ -133,7 +135,16 @@ async def ingest(request: web.Request) -> web.Response:
             return await _answer_job(request, earlier, replayed=True)
     body = await request.read()  # aiohttp answers 413 past gateway.max_body_bytes
     try:
-        groups = parse_rows(body, request.content_type, table)
+        try:
+            groups = parse_rows(body, request.content_type, table)
+        except BodyError as exc:
+            # A column added since the catalog was read: read it again (rate-limited) and retry once.
+            if exc.column is None or not await app[DATABASE].refresh_soon():
+                raise
+            table = await app[DATABASE].table(name)
+            if table is None:
+                return json_response({"error": f"unknown table {name!r}"}, 404)
+            groups = parse_rows(body, request.content_type, table)
     except BodyError as exc:
         return json_response(exc.as_json(), 400)
     pipeline = app[PIPELINE]
@@ -141,7 +152,11 @@ async def ingest(request: web.Request) -> web.Response:
     if reason is not None:
         return unavailable(app, reason, _REFUSALS[reason])
     job = Job(new_job_id(), name, time.time(), groups, key)
-    rec = JobRecord(job.job_id, name, job.row_count, job.accepted_at, frame=encode_job(job))
+    try:
+        frame = encode_job(job)
+    except WireError as exc:
+        return json_response({"error": f"a value cannot be sent: {exc}"}, 400)
+    rec = JobRecord(job.job_id, name, job.row_count, job.accepted_at, frame=frame)
     store = app[STORE]
     if key is not None:
         store.remember_key(name, key, job.job_id)
@@ -162,7 +177,7 @@ async def ingest(request: web.Request) -> web.Response:
 async def job_status(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
     rec = request.app[STORE].get(job_id)
-    if rec is None and len(job_id) <= MAX_JOB_ID_LEN:
+    if rec is None and JOB_ID.fullmatch(job_id):
         try:
             rec = await request.app[DATABASE].ledger(job_id)
         except psycopg.OperationalError:
@@ -200,9 +215,13 @@ async def count_responses(request: web.Request,
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        request.app[METRICS].requests.labels(label, str(exc.status)).inc()
-        raise
+        # aiohttp's own answers (404, 405, 413, ...) get a JSON body like every other error here.
+        response = exc if exc.status < 400 else json_response({"error": exc.text or exc.reason}, exc.status,
+                                                               {k: v for k, v in exc.headers.items()
+                                                                if k.lower() in ("allow", "retry-after")})
     request.app[METRICS].requests.labels(label, str(response.status)).inc()
+    if isinstance(response, web.HTTPException):
+        raise response
     return response
 
 

@@ -71,9 +71,16 @@ class Database:
 
     async def _fetch(self, query: str, params: tuple = ()) -> list[tuple]:
         async with self._lock:
-            conn = await self._connection()
-            cur = await conn.execute(query, params)
-            return await cur.fetchall()
+            for attempt in (1, 2):
+                conn = await self._connection()
+                try:
+                    cur = await conn.execute(query, params)
+                    return await cur.fetchall()
+                except psycopg.OperationalError:
+                    # A connection the server dropped (restart, idle kill): one fresh try, then give up.
+                    if attempt == 2 or not conn.broken:
+                        raise
+        raise AssertionError("unreachable")
 
     async def refresh(self) -> None:
         columns: dict[str, dict[str, Column]] = {}
@@ -87,6 +94,13 @@ class Database:
         if missing:
             log.warning("gateway.tables names tables that do not exist: %s", ", ".join(sorted(missing)))
         log.info("catalog: %d writable tables", len(self.tables))
+
+    async def refresh_soon(self) -> bool:
+        """Re-read the catalog unless it was read less than REFRESH_MIN_S ago; True if it was re-read."""
+        if time.monotonic() - self._refreshed_at < REFRESH_MIN_S:
+            return False
+        await self.refresh()
+        return True
 
     async def table(self, name: str) -> Table | None:
         table = self.tables.get(name)

@@ -24,6 +24,15 @@ MEDIA_TYPES = (JSON, NDJSON)
 JSON_TYPES = frozenset({"json", "jsonb"})
 
 
+def json_type(value: Any) -> str:
+    """The JSON name of a parsed value's type, for messages a client can act on."""
+    return _JSON_TYPES.get(type(value), type(value).__name__)
+
+
+_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
+               type(None): "null"}
+
+
 class BodyError(ValueError):
     """The body cannot become rows; ``where`` and ``column`` locate the fault for the client."""
 
@@ -37,7 +46,7 @@ class BodyError(ValueError):
         if self.where:
             kind, _, number = self.where.partition(" ")
             out[kind] = int(number)
-        if self.column:
+        if self.column is not None:
             out["column"] = self.column
         return out
 
@@ -72,7 +81,7 @@ def _objects_json(body: bytes) -> Iterator[tuple[str, Any]]:
         for i, item in enumerate(doc):
             yield f"index {i}", item
     else:
-        raise BodyError(f"expected a JSON object or an array of objects, got {type(doc).__name__}")
+        raise BodyError(f"expected a JSON object or an array of objects, got {json_type(doc)}")
 
 
 def _objects_ndjson(body: bytes) -> Iterator[tuple[str, Any]]:
@@ -96,7 +105,7 @@ def parse_rows(body: bytes, media_type: str, table: Table) -> tuple[Group, ...]:
     last_rows: list[list[Any]] = []
     for where, obj in objects:
         if not isinstance(obj, dict):
-            raise BodyError(f"expected a JSON object, got {type(obj).__name__}", where)
+            raise BodyError(f"expected a JSON object, got {json_type(obj)}", where)
         keys = obj.keys()
         if keys != last_keys:  # set comparison in C; the common case is one shape per request
             key_set = frozenset(keys)

@@ -12,7 +12,8 @@ Retry-After. An admitted job that still meets a full queue waits in the
 unsent queue, which the sender drains as soon as sinks take frames again.
 
 A job with no final status ``gateway.redelivery_timeout_s`` after it was sent
-is sent again; sinks skip jobs the ledger already holds and report their fate.
+is sent again (then after doubling waits); sinks skip jobs the ledger already
+holds and report their fate.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ log = logging.getLogger(__name__)
 SEND_RETRY_S = 0.005
 # How often timed-out jobs are looked for (seconds), at most.
 REDELIVERY_SCAN_S = 1.0
+# The n-th redelivery of a job waits timeout * 2**(n-1), at most timeout * this.
+REDELIVERY_BACKOFF_MAX = 8
 
 
 class Pipeline:
@@ -138,6 +141,9 @@ class Pipeline:
                 queued = set(self._unsent)
                 for rec in self.store.due(now - timeout):
                     if rec.job_id in queued or rec.sent_at == 0.0:
+                        continue
+                    # Back off per job: a stalled database should not bring a storm of copies.
+                    if now - rec.sent_at < timeout * min(2 ** (rec.attempts - 1), REDELIVERY_BACKOFF_MAX):
                         continue
                     rec.attempts += 1
                     rec.sent_at = now  # not due again until a full timeout from now

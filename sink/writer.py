@@ -8,12 +8,16 @@ sees it committed).
 
 Errors are sorted at the batch boundary:
 
-* transient (connection lost, server shutting down, deadlock, serialization
-  failure: psycopg's ``OperationalError`` family) -> :class:`TransientError`;
-  the caller keeps the batch, reconnects with back-off and writes it again;
-* anything else the database rejects (bad value, constraint violation, unknown
-  column) is bad data: the batch is written again one job per transaction, so
-  only the offending job fails and every other job commits.
+* transient (:func:`is_transient`: connection lost, server shutting down or
+  starting, deadlock, serialization failure, out of resources) ->
+  :class:`TransientError`; the caller keeps the batch, reconnects with
+  back-off and writes it again;
+* anything else (bad value, constraint violation, unknown column, a program
+  limit such as too many array dimensions, a value psycopg cannot adapt) is bad
+  data: the batch is written again one job per transaction, so only the
+  offending job fails and every other job commits. psycopg files some of these
+  (class 54, 57014) under ``OperationalError`` too, so the class alone cannot
+  decide: the SQLSTATE does.
 """
 
 from __future__ import annotations
@@ -67,9 +71,29 @@ class WriteResult:
     duplicates: int
 
 
+# SQLSTATEs worth retrying: the same batch can succeed later, untouched.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03"})
+TRANSIENT_CLASSES = frozenset({"08", "53"})  # connection exceptions, insufficient resources
+
+# Errors that mean "this data cannot be written", besides PostgreSQL's own.
+# RecursionError: psycopg adapts nested lists recursively; a deep enough value exhausts the stack.
+BAD_DATA_ERRORS = (psycopg.Error, RecursionError)
+
+
+def is_transient(exc: BaseException, conn: psycopg.Connection | None = None) -> bool:
+    if not isinstance(exc, psycopg.Error):
+        return False
+    if conn is not None and (conn.closed or conn.broken):
+        return True
+    state = exc.sqlstate
+    if state is None:
+        return isinstance(exc, psycopg.OperationalError)  # lost connection: no server answer at all
+    return state in TRANSIENT_SQLSTATES or state[:2] in TRANSIENT_CLASSES
+
+
 def qualified(table: str) -> sql.Identifier:
-    schema, _, name = table.rpartition(".")
-    return sql.Identifier(schema or "public", name)
+    """Tables live in schema public; a dot in the name is part of the name, never a schema."""
+    return sql.Identifier("public", table)
 
 
 def copy_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
@@ -78,7 +102,9 @@ def copy_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
     )
 
 
-def describe(exc: psycopg.Error) -> str:
+def describe(exc: BaseException) -> str:
+    if not isinstance(exc, psycopg.Error):
+        return f"{type(exc).__name__}: {exc}"
     diag = exc.diag
     text = (diag.message_primary or str(exc)).strip()
     if diag.message_detail:
@@ -119,9 +145,10 @@ class PgWriter:
         try:
             self._conn = psycopg.connect(self._dsn, application_name=self._application_name, autocommit=True)
             ensure_schema(self._conn)
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise TransientError(str(exc)) from exc
+        except psycopg.Error as exc:
+            if not is_transient(exc, self._conn):
+                raise
+            self._transient(exc)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -139,30 +166,38 @@ class PgWriter:
         if not self.connected:
             self.connect()
         assert self._conn is not None
+        conn = self._conn
         try:
+            return self._write_together(conn, jobs)
+        except BAD_DATA_ERRORS as exc:
+            if is_transient(exc, conn):
+                self._transient(exc)
+            if len(jobs) == 1:
+                return self._fail_or_retry(conn, jobs[0], exc)
+            log.info("batch of %d jobs rejected (%s); writing them one by one", len(jobs), describe(exc))
+        statuses, written, dups = [], 0, 0
+        for job in jobs:
             try:
-                return self._write_together(self._conn, jobs)
-            except psycopg.OperationalError:
-                raise
-            except psycopg.Error as exc:
-                if len(jobs) == 1:
-                    return self._fail(self._conn, jobs[0], exc)
-                log.info("batch of %d jobs rejected (%s); writing them one by one", len(jobs), describe(exc))
-                statuses, written, dups = [], 0, 0
-                for job in jobs:
-                    try:
-                        res = self._write_together(self._conn, [job])
-                    except psycopg.OperationalError:
-                        raise
-                    except psycopg.Error as job_exc:
-                        res = self._fail(self._conn, job, job_exc)
-                    statuses += res.statuses
-                    written += res.rows_written
-                    dups += res.duplicates
-                return WriteResult(statuses, written, dups)
-        except psycopg.OperationalError as exc:
-            self.close()
-            raise TransientError(describe(exc)) from exc
+                res = self._write_together(conn, [job])
+            except BAD_DATA_ERRORS as exc:
+                res = self._fail_or_retry(conn, job, exc)
+            statuses += res.statuses
+            written += res.rows_written
+            dups += res.duplicates
+        return WriteResult(statuses, written, dups)
+
+    def _transient(self, exc: BaseException) -> None:
+        self.close()
+        raise TransientError(describe(exc)) from exc
+
+    def _fail_or_retry(self, conn: psycopg.Connection, job: Job, exc: BaseException) -> WriteResult:
+        if is_transient(exc, conn):
+            self._transient(exc)
+        try:
+            return self._fail(conn, job, exc)
+        except psycopg.Error as record_exc:
+            self._transient(record_exc)  # could not even record the failure: try the batch again later
+            raise  # unreachable: _transient always raises
 
     def _write_together(self, conn: psycopg.Connection, jobs: list[Job]) -> WriteResult:
         with conn.transaction(), conn.cursor() as cur:
@@ -196,7 +231,7 @@ class PgWriter:
             statuses += recorded_fates(cur, seen)
         return WriteResult(statuses, written, len(seen))
 
-    def _fail(self, conn: psycopg.Connection, job: Job, exc: psycopg.Error) -> WriteResult:
+    def _fail(self, conn: psycopg.Connection, job: Job, exc: BaseException) -> WriteResult:
         """Record the job as failed in the ledger, unless it already has a fate there, and report that."""
         error = describe(exc)
         log.warning("job %s into %s failed: %s", job.job_id, job.table, error)

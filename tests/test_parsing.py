@@ -125,10 +125,10 @@ REJECTED = {
     "invalid ndjson line after blank lines": (
         NDJSON, b'\n\n{"id": 1}\n\n{oops}\n', ["line 5", "not valid JSON"], {"line": 5},
     ),
-    "non-object in array": (JSON, b'[{"id": 1}, {"id": 2}, [3]]', ["index 2", "expected a JSON object", "list"],
+    "non-object in array": (JSON, b'[{"id": 1}, {"id": 2}, [3]]', ["index 2", "expected a JSON object", "got array"],
                             {"index": 2}),
     "null in array": (JSON, b'[null]', ["index 0", "expected a JSON object"], {"index": 0}),
-    "non-object ndjson line": (NDJSON, b'{"id": 1}\n\n"text"\n', ["line 3", "expected a JSON object", "str"],
+    "non-object ndjson line": (NDJSON, b'{"id": 1}\n\n"text"\n', ["line 3", "expected a JSON object", "got string"],
                                {"line": 3}),
     "unknown column in json object": (JSON, b'{"id": 1, "nmae": "x"}', ["index 0", "'nmae'"],
                                       {"index": 0, "column": "nmae"}),
@@ -142,9 +142,9 @@ REJECTED = {
     "empty json array": (JSON, b"[]", ["no rows"], {}),
     "empty ndjson body": (NDJSON, b"", ["no rows"], {}),
     "blank ndjson body": (NDJSON, b"\n\n  \n", ["no rows"], {}),
-    "top-level number": (JSON, b"42", ["expected a JSON object or an array of objects", "int"], {}),
+    "top-level number": (JSON, b"42", ["expected a JSON object or an array of objects", "got number"], {}),
     "top-level string": (JSON, b'"rows"', ["expected a JSON object or an array of objects", "str"], {}),
-    "top-level null": (JSON, b"null", ["expected a JSON object or an array of objects", "NoneType"], {}),
+    "top-level null": (JSON, b"null", ["expected a JSON object or an array of objects", "got null"], {}),
 }
 
 

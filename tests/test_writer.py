@@ -208,7 +208,7 @@ CREATE TABLE public.extras (
 def test_jobs_naming_different_columns_get_defaults_for_the_rest(writer: PgWriter, rides_dsn: str) -> None:
     execute(rides_dsn, EXTRAS_DDL)
     a = new_job("extras", Group(("id", "note"), [[1, "one"], [2, "two"]]), Group(("id", "Mixed Case"), [[3, "x"]]))
-    b = new_job("public.extras", Group(("id", "n"), [[4, 40]]), Group(("n", "id"), [[50, 5]]), Group(("id",), [[6]]))
+    b = new_job("extras", Group(("id", "n"), [[4, 40]]), Group(("n", "id"), [[50, 5]]), Group(("id",), [[6]]))
     c = new_job("rides", rides_group(ride(1)))
     result = writer.write([a, b, c])
     statuses = by_id(result)
@@ -226,6 +226,39 @@ def test_jobs_naming_different_columns_get_defaults_for_the_rest(writer: PgWrite
         (6, "none", 7, "mc", True),
     ]
     assert rides_ids(rides_dsn) == [1]
+
+
+def test_a_dot_in_a_table_name_is_part_of_the_name_not_a_schema(writer: PgWriter, rides_dsn: str) -> None:
+    execute(rides_dsn, 'CREATE SCHEMA other; CREATE TABLE other.victim (x int); '
+                       'CREATE TABLE public."other.victim" (x int)')
+    result = writer.write([new_job("other.victim", Group(("x",), [[3]]))])
+    assert [s.state for s in result.statuses] == [JobState.COMMITTED]
+    assert query(rides_dsn, 'SELECT x FROM public."other.victim"') == [(3,)]
+    assert query(rides_dsn, "SELECT x FROM other.victim") == []
+
+
+def test_program_limit_errors_are_bad_data_not_an_outage(writer: PgWriter, rides_dsn: str) -> None:
+    """psycopg files SQLSTATE class 54 under OperationalError; it must fail the job, not loop forever."""
+    execute(rides_dsn, "CREATE TABLE tagged (id int, tags int[])")
+    deep = [[[[[[[1]]]]]]]  # 7 dimensions: PostgreSQL allows 6 (54000)
+    bad = new_job("tagged", Group(("id", "tags"), [[1, deep]]))
+    good = new_job("tagged", Group(("id", "tags"), [[2, [1, 2]]]))
+    statuses = by_id(writer.write([bad, good]))
+    assert statuses[bad.job_id].state is JobState.FAILED and statuses[bad.job_id].error.startswith("54000")
+    assert statuses[good.job_id].state is JobState.COMMITTED
+
+
+def test_a_value_too_deep_to_adapt_fails_its_job_without_crashing(writer: PgWriter, rides_dsn: str) -> None:
+    execute(rides_dsn, "CREATE TABLE deep (id int, v int[])")
+    value: list = []
+    for _ in range(5000):
+        value = [value]
+    bad = new_job("deep", Group(("id", "v"), [[1, value]]))
+    good = new_job("deep", Group(("id", "v"), [[2, None]]))
+    statuses = by_id(writer.write([bad, good]))
+    assert statuses[bad.job_id].state is JobState.FAILED and "RecursionError" in statuses[bad.job_id].error
+    assert statuses[good.job_id].state is JobState.COMMITTED
+    assert query(rides_dsn, "SELECT id FROM deep") == [(2,)]
 
 
 # --- (d) one bad job among good ones ----------------------------------------------------------
