@@ -26,7 +26,7 @@ REFRESH_MIN_S = 1.0
 
 _CATALOG = """
 SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
-       a.atthasdef OR a.attidentity <> '' OR a.attgenerated <> ''
+       a.atthasdef, a.attidentity <> '', a.attgenerated <> ''
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -84,10 +84,10 @@ class Database:
 
     async def refresh(self) -> None:
         columns: dict[str, dict[str, Column]] = {}
-        for table, name, data_type, nullable, has_default in await self._fetch(_CATALOG):
+        for table, name, data_type, nullable, has_default, identity, generated in await self._fetch(_CATALOG):
             if self._allowed and table not in self._allowed:
                 continue
-            columns.setdefault(table, {})[name] = Column(name, data_type, nullable, has_default)
+            columns.setdefault(table, {})[name] = Column(name, data_type, nullable, has_default, identity, generated)
         self.tables = {name: Table(name, cols) for name, cols in columns.items()}
         self._refreshed_at = time.monotonic()
         missing = self._allowed - self.tables.keys()

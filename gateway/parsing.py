@@ -8,7 +8,7 @@ Errors name where the problem is: ``line N`` (1-based) for NDJSON, ``index N``
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +57,13 @@ class Column:
     data_type: str
     nullable: bool
     has_default: bool
+    identity: bool = False
+    generated: bool = False
+
+    @property
+    def required(self) -> bool:
+        """Every row must name it: NOT NULL, and nothing fills it in."""
+        return not (self.nullable or self.has_default or self.identity or self.generated)
 
 
 @dataclass(frozen=True)
@@ -95,14 +102,27 @@ def _objects_ndjson(body: bytes) -> Iterator[tuple[str, Any]]:
 
 
 def parse_rows(body: bytes, media_type: str, table: Table) -> tuple[Group, ...]:
-    """Parse a body into groups of rows; objects naming the same columns share a group."""
+    """Parse a JSON or NDJSON body into checked groups of rows (see :func:`rows_from_objects`)."""
     objects = _objects_json(body) if media_type == JSON else _objects_ndjson(body)
+    return rows_from_objects(objects, table, check_nul=b"\\u0000" in body)
+
+
+def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nul: bool = True) -> tuple[Group, ...]:
+    """Objects to groups of rows; objects naming the same columns share a group.
+
+    Every row is checked against the table (gateway.validate) before anything
+    is sent: the first bad value raises BodyError naming its row and column.
+    ``check_nul`` may be False when the caller knows the body holds no NUL.
+    """
+    from gateway.validate import check_columns, check_rows  # validate imports this module's types
+
     json_columns = table.json_columns()
-    # key set -> (columns in the order first seen, rows)
-    groups: dict[frozenset[str], tuple[tuple[str, ...], list[list[Any]]]] = {}
+    # key set -> (columns in the order first seen, rows, where each row came from)
+    groups: dict[frozenset[str], tuple[tuple[str, ...], list[list[Any]], list[str]]] = {}
     last_keys: Any = None
     last_columns: tuple[str, ...] = ()
     last_rows: list[list[Any]] = []
+    last_wheres: list[str] = []
     for where, obj in objects:
         if not isinstance(obj, dict):
             raise BodyError(f"expected a JSON object, got {json_type(obj)}", where)
@@ -115,15 +135,20 @@ def parse_rows(body: bytes, media_type: str, table: Table) -> tuple[Group, ...]:
                 for name in obj:
                     if name not in table.columns:
                         raise BodyError(f"unknown column {name!r} for table {table.name!r}", where, name)
-                groups[key_set] = (tuple(obj), [])
+                check_columns(table, tuple(obj), where)
+                groups[key_set] = (tuple(obj), [], [])
             last_keys = keys
-            last_columns, last_rows = groups[key_set]
-        row = [obj[c] for c in last_columns]
-        if json_columns:
-            for i, name in enumerate(last_columns):
-                if name in json_columns:
-                    row[i] = orjson.dumps(row[i]).decode()
-        last_rows.append(row)
+            last_columns, last_rows, last_wheres = groups[key_set]
+        last_rows.append([obj[c] for c in last_columns])
+        last_wheres.append(where)
     if not groups:
         raise BodyError("the body holds no rows")
-    return tuple(Group(columns, rows) for columns, rows in groups.values())
+    out = []
+    for columns, rows, wheres in groups.values():
+        check_rows(table, columns, rows, wheres, check_nul)
+        for i, name in enumerate(columns):
+            if name in json_columns:
+                for row in rows:
+                    row[i] = orjson.dumps(row[i]).decode()
+        out.append(Group(columns, rows))
+    return tuple(out)

@@ -1,0 +1,241 @@
+"""Checks rows against their table's columns before a job is created: pure, no I/O.
+
+A value is accepted when PostgreSQL will store exactly it, and refused (400,
+naming the row and the column) when it cannot be the column's type:
+
+========================  ==========================================================
+column type               accepted JSON / msgpack values
+========================  ==========================================================
+smallint, integer, bigint integers within the type's range
+real, double precision    numbers; the strings "NaN", "Infinity", "-Infinity"
+numeric                   numbers; numeric strings (exact: "12345678901234567890.5")
+boolean                   true / false
+text, varchar(n), char(n) strings (at most n characters), without NUL
+uuid                      strings in any form PostgreSQL reads as a uuid
+date                      ISO 8601 dates "2013-01-31"; "infinity", "-infinity"
+timestamp, timestamptz    ISO 8601 date-times, "T" or space, optional offset or "Z";
+                          a timestamptz value without an offset is UTC
+time, timetz              ISO 8601 times
+json, jsonb               any JSON value (jsonb: no NUL in strings)
+arrays (type[])           arrays (nested for more dimensions) of the element type
+anything else             strings or numbers; PostgreSQL itself decides (a value it
+                          refuses goes to the dead-letter table with its reason)
+========================  ==========================================================
+
+null is accepted where the column is nullable. A column that is NOT NULL and
+has no default must be named by every row; generated columns cannot be written.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import uuid
+from collections.abc import Callable
+from datetime import date, datetime, time
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from gateway.parsing import BodyError, Column, Table, json_type
+
+INT_RANGES = {
+    "smallint": (-(2**15), 2**15 - 1),
+    "integer": (-(2**31), 2**31 - 1),
+    "bigint": (-(2**63), 2**63 - 1),
+}
+FLOAT_TYPES = frozenset({"real", "double precision"})
+FLOAT_WORDS = frozenset({"NaN", "Infinity", "-Infinity", "nan", "inf", "-inf", "infinity", "-infinity"})
+TEXT_TYPES = frozenset({"text", "character varying", "character", "varchar", "char", "bpchar", "name", "citext"})
+TIMESTAMP_TYPES = frozenset({"timestamp with time zone", "timestamp without time zone"})
+TIME_TYPES = frozenset({"time with time zone", "time without time zone"})
+JSON_TYPES = frozenset({"json", "jsonb"})
+INFINITIES = frozenset({"infinity", "-infinity"})
+
+_TYPMOD = re.compile(r"\(([^)]*)\)")
+
+# A check takes one non-null value and returns why it is refused, or None.
+Check = Callable[[Any], str | None]
+
+
+def base_type(data_type: str) -> tuple[str, int | None, int]:
+    """'character varying(20)[]' -> ('character varying', 20, 1): name, length limit, array dimensions."""
+    dims = 0
+    while data_type.endswith("[]"):
+        data_type, dims = data_type[:-2], dims + 1
+    m = _TYPMOD.search(data_type)
+    limit = None
+    if m:
+        first = m.group(1).split(",")[0].strip()
+        limit = int(first) if first.isdigit() else None
+        data_type = (data_type[: m.start()] + data_type[m.end():]).strip()
+    return data_type, limit, dims
+
+
+def _int_check(lo: int, hi: int, name: str) -> Check:
+    def check(v: Any) -> str | None:
+        if type(v) is int:
+            return None if lo <= v <= hi else f"{v} is out of range for {name}"
+        if type(v) is float and v.is_integer():
+            return f"expected an integer, got {v!r}"
+        return f"expected an integer, got {json_type(v)}"
+    return check
+
+
+def _float_check(v: Any) -> str | None:
+    if type(v) is int or type(v) is float:
+        return None
+    if type(v) is str and v in FLOAT_WORDS:
+        return None
+    return f"expected a number, got {json_type(v)}"
+
+
+def _numeric_check(v: Any) -> str | None:
+    if type(v) is int or type(v) is Decimal:
+        return None
+    if type(v) is float:
+        return None if math.isfinite(v) else "numeric takes NaN only as the string \"NaN\""
+    if type(v) is str:
+        try:
+            Decimal(v)
+        except InvalidOperation:
+            return f"{v!r} is not a number"
+        return None
+    return f"expected a number, got {json_type(v)}"
+
+
+def _bool_check(v: Any) -> str | None:
+    return None if type(v) is bool else f"expected true or false, got {json_type(v)}"
+
+
+def _text_check(limit: int | None, check_nul: bool) -> Check:
+    def check(v: Any) -> str | None:
+        if type(v) is not str:
+            return f"expected a string, got {json_type(v)}"
+        if check_nul and "\x00" in v:
+            return "text cannot contain the NUL character (\\u0000)"
+        if limit is not None and len(v) > limit:
+            return f"{len(v)} characters is longer than the column's limit of {limit}"
+        return None
+    return check
+
+
+def _parsed_by(parse: Callable[[str], Any], what: str, infinities: bool) -> Check:
+    def check(v: Any) -> str | None:
+        if type(v) is not str:
+            return f"expected {what} as a string, got {json_type(v)}"
+        if infinities and v.lower() in INFINITIES:
+            return None
+        try:
+            parse(v)
+        except ValueError:
+            return f"{v!r} is not {what}"
+        return None
+    return check
+
+
+def _uuid_check(v: Any) -> str | None:
+    if type(v) is not str:
+        return f"expected a uuid as a string, got {json_type(v)}"
+    try:
+        uuid.UUID(v)
+    except ValueError:
+        return f"{v!r} is not a uuid"
+    return None
+
+
+def _has_nul(v: Any) -> bool:
+    if type(v) is str:
+        return "\x00" in v
+    if type(v) is dict:
+        return any("\x00" in k or _has_nul(x) for k, x in v.items())
+    if type(v) is list:
+        return any(_has_nul(x) for x in v)
+    return False
+
+
+def _jsonb_check(v: Any) -> str | None:
+    return "jsonb cannot hold the NUL character (\\u0000)" if _has_nul(v) else None
+
+
+def _array_check(element: Check | None, dims: int) -> Check:
+    def walk(v: Any, depth: int) -> str | None:
+        if type(v) is not list:
+            return f"expected an array, got {json_type(v)}"
+        for item in v:
+            if item is None:
+                continue
+            if type(item) is list:
+                bad = walk(item, depth + 1)
+            elif element is not None:
+                bad = element(item)
+            else:
+                bad = None
+            if bad:
+                return f"array element: {bad}"
+        return None
+    return lambda v: walk(v, 1)
+
+
+def _scalar_check(name: str, limit: int | None, check_nul: bool) -> Check | None:
+    if name in INT_RANGES:
+        return _int_check(*INT_RANGES[name], name)
+    if name in FLOAT_TYPES:
+        return _float_check
+    if name == "numeric":
+        return _numeric_check
+    if name == "boolean":
+        return _bool_check
+    if name in TEXT_TYPES:
+        return _text_check(limit, check_nul)
+    if name == "uuid":
+        return _uuid_check
+    if name == "date":
+        return _parsed_by(date.fromisoformat, "an ISO 8601 date", infinities=True)
+    if name in TIMESTAMP_TYPES:
+        return _parsed_by(datetime.fromisoformat, "an ISO 8601 date-time", infinities=True)
+    if name in TIME_TYPES:
+        return _parsed_by(time.fromisoformat, "an ISO 8601 time", infinities=False)
+    if name == "jsonb":
+        return _jsonb_check if check_nul else None
+    if name == "json":
+        return None
+    return None  # PostgreSQL decides; refusals land in the dead-letter table
+
+
+def column_check(col: Column, check_nul: bool) -> Check | None:
+    name, limit, dims = base_type(col.data_type)
+    scalar = _scalar_check(name, limit, check_nul)
+    if dims:
+        return _array_check(scalar, dims)
+    return scalar
+
+
+def check_columns(table: Table, columns: tuple[str, ...], where: str) -> None:
+    """A row naming these columns: refuse generated columns and missing required ones."""
+    for name in columns:
+        col = table.columns[name]
+        if col.generated:
+            raise BodyError(f"column {name!r} is generated and cannot be written", where, name)
+    named = set(columns)
+    for col in table.columns.values():
+        if col.name not in named and col.required:
+            raise BodyError(f"missing column {col.name!r}, which is NOT NULL and has no default", where, col.name)
+
+
+def check_rows(table: Table, columns: tuple[str, ...], rows: list[list[Any]], wheres: list[str],
+               check_nul: bool) -> None:
+    """Refuse the first value that cannot be its column's type (raises BodyError naming row and column)."""
+    for i, name in enumerate(columns):
+        col = table.columns[name]
+        values = [r[i] for r in rows]
+        if None in values and not col.nullable:
+            k = values.index(None)
+            raise BodyError(f"column {name!r} is NOT NULL, got null", wheres[k], name)
+        check = column_check(col, check_nul)
+        if check is None:
+            continue
+        for k, v in enumerate(values):
+            if v is not None:
+                bad = check(v)
+                if bad:
+                    raise BodyError(bad, wheres[k], name)
