@@ -1,7 +1,10 @@
-"""zingest's own tables in schema ``zingest``: the ledger that records each job's fate.
+"""zingest's own tables in schema ``zingest``: the ledger of jobs, and the dead letters.
 
 The ledger is written in the same transaction as a job's rows, so the database
 itself says which jobs are committed; a job already in it is never written again.
+A row PostgreSQL refuses is kept in ``zingest.dead_letters`` as it was sent
+(a JSON object of column -> value), with the SQLSTATE and message, in that
+same transaction.
 """
 
 from __future__ import annotations
@@ -14,15 +17,36 @@ _SETUP_LOCK = 0x7A696E67
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS zingest;
 CREATE TABLE IF NOT EXISTS zingest.ledger (
-    job_id        text PRIMARY KEY,
-    table_name    text NOT NULL,
-    state         text NOT NULL CHECK (state IN ('committed', 'failed')),
-    rows          integer NOT NULL,
-    accepted_at   timestamptz NOT NULL,
-    committed_at  timestamptz NOT NULL DEFAULT now(),
-    error         text
+    job_id          text PRIMARY KEY,
+    table_name      text NOT NULL,
+    state           text NOT NULL,           -- committed | partial | failed
+    rows            integer NOT NULL,        -- rows in the job
+    accepted_at     timestamptz NOT NULL,
+    committed_at    timestamptz NOT NULL DEFAULT now(),  -- when the job became final
+    error           text,                    -- summary of what was refused
+    idempotency_key text,
+    rows_committed  integer,
+    rows_rejected   integer NOT NULL DEFAULT 0,
+    errors          jsonb                    -- the first refused rows: [{row, column, sqlstate, message}]
 );
 ALTER TABLE zingest.ledger ADD COLUMN IF NOT EXISTS idempotency_key text;
+ALTER TABLE zingest.ledger ADD COLUMN IF NOT EXISTS rows_committed integer;
+ALTER TABLE zingest.ledger ADD COLUMN IF NOT EXISTS rows_rejected integer NOT NULL DEFAULT 0;
+ALTER TABLE zingest.ledger ADD COLUMN IF NOT EXISTS errors jsonb;
+ALTER TABLE zingest.ledger DROP CONSTRAINT IF EXISTS ledger_state_check;
+CREATE TABLE IF NOT EXISTS zingest.dead_letters (
+    id          bigserial PRIMARY KEY,
+    job_id      text NOT NULL,
+    table_name  text NOT NULL,
+    row_number  integer NOT NULL,            -- 0-based position among the job's rows
+    "row"       jsonb NOT NULL,              -- the row as sent: {"column": value, ...}
+    sqlstate    text,
+    column_name text,
+    error       text NOT NULL,
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS dead_letters_job ON zingest.dead_letters (job_id);
+CREATE INDEX IF NOT EXISTS dead_letters_table ON zingest.dead_letters (table_name, id);
 -- A client's Idempotency-Key lands once per table, even when two gateways accepted it.
 CREATE UNIQUE INDEX IF NOT EXISTS ledger_idempotency_key
     ON zingest.ledger (table_name, idempotency_key) WHERE idempotency_key IS NOT NULL;

@@ -22,10 +22,15 @@ Job frame, gateway PUSH -> sink PULL::
 Status frame, sink PUB -> gateway SUB::
 
     [1, "S", [[job_id: str, state: str, rows: int, committed_at: float | nil,
-               error: str | nil], ...]]
+               error: str | nil, rows_committed: int, rows_rejected: int,
+               errors: [[row: int, column: str | nil, sqlstate: str | nil, message: str], ...]],
+              ...]]
 
   One frame carries the statuses of every job in one batch. ``state`` is a
-  :class:`JobState` value other than ``accepted``.
+  :class:`JobState` value other than ``accepted``: ``committed`` (every row),
+  ``partial`` (some rows committed, the others in the dead-letter table) or
+  ``failed`` (no row committed). ``errors`` holds the first few rejected rows;
+  ``row`` is the row's 0-based position among the job's rows.
 
 A frame that is not valid msgpack, has another version, another kind or the
 wrong shape raises :class:`WireError` from the cause. Never pickle.
@@ -51,6 +56,7 @@ class WireError(ValueError):
 class JobState(str, enum.Enum):
     ACCEPTED = "accepted"
     COMMITTED = "committed"
+    PARTIAL = "partial"
     FAILED = "failed"
 
     @property
@@ -81,12 +87,23 @@ class Job:
 
 
 @dataclass(frozen=True, slots=True)
+class RowError:
+    row: int
+    column: str | None
+    sqlstate: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     job_id: str
     state: JobState
     rows: int
     committed_at: float | None = None
     error: str | None = None
+    rows_committed: int = 0
+    rows_rejected: int = 0
+    errors: tuple[RowError, ...] = ()
 
 
 _packer = msgpack.Packer(use_bin_type=True)
@@ -138,7 +155,11 @@ def decode_job(frame: bytes) -> Job:
 
 
 def encode_statuses(statuses: list[Status]) -> bytes:
-    items = [[s.job_id, s.state.value, s.rows, s.committed_at, s.error] for s in statuses]
+    items = [
+        [s.job_id, s.state.value, s.rows, s.committed_at, s.error, s.rows_committed, s.rows_rejected,
+         [[e.row, e.column, e.sqlstate, e.message] for e in s.errors]]
+        for s in statuses
+    ]
     return _packer.pack([VERSION, KIND_STATUS, items])
 
 
@@ -147,8 +168,10 @@ def decode_statuses(frame: bytes) -> list[Status]:
     try:
         _, _, items = msg
         out = []
-        for job_id, state, rows, committed_at, error in items:
-            out.append(Status(str(job_id), JobState(state), int(rows), committed_at, error))
+        for job_id, state, rows, committed_at, error, rows_committed, rows_rejected, errors in items:
+            row_errors = tuple(RowError(int(r), c, st, str(m)) for r, c, st, m in errors)
+            out.append(Status(str(job_id), JobState(state), int(rows), committed_at, error,
+                              int(rows_committed), int(rows_rejected), row_errors))
         return out
     except (TypeError, ValueError) as exc:
         raise WireError(f"malformed status frame: {exc}") from exc

@@ -76,10 +76,14 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
         "table": rec.table,
         "state": rec.state.value,
         "rows": rec.rows,
+        "rows_committed": rec.rows_committed,
+        "rows_rejected": rec.rows_rejected,
         "accepted_at": _iso(rec.accepted_at),
-        # A failed job was never committed: its committed_at stays null.
-        "committed_at": _iso(rec.committed_at) if rec.state is JobState.COMMITTED else None,
+        # A failed job committed nothing: its committed_at stays null.
+        "committed_at": _iso(rec.committed_at) if rec.state in (JobState.COMMITTED, JobState.PARTIAL) else None,
         "error": rec.error,
+        "errors": [{"row": e.row, "column": e.column, "sqlstate": e.sqlstate, "message": e.message}
+                   for e in rec.errors],
     }
 
 

@@ -15,7 +15,7 @@ import time
 import psycopg
 
 from common.schema import ensure_schema
-from common.wire import JobState
+from common.wire import JobState, RowError
 from gateway.parsing import Column, Table
 from gateway.store import JobRecord
 
@@ -36,7 +36,8 @@ SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotn
 
 _LEDGER_COLUMNS = """
 SELECT job_id, table_name, state, rows, extract(epoch FROM accepted_at)::float8,
-       extract(epoch FROM committed_at)::float8, error
+       extract(epoch FROM committed_at)::float8, error,
+       coalesce(rows_committed, CASE WHEN state = 'committed' THEN rows ELSE 0 END), rows_rejected, errors
   FROM zingest.ledger"""
 _LEDGER = _LEDGER_COLUMNS + " WHERE job_id = %s"
 _LEDGER_BY_KEY = _LEDGER_COLUMNS + " WHERE table_name = %s AND idempotency_key = %s"
@@ -123,5 +124,7 @@ class Database:
     def _record(rows: list[tuple]) -> JobRecord | None:
         if not rows:
             return None
-        job_id, table, state, n, accepted_at, committed_at, error = rows[0]
-        return JobRecord(job_id, table, n, accepted_at, JobState(state), committed_at, error)
+        job_id, table, state, n, accepted_at, committed_at, error, committed, rejected, errors = rows[0]
+        row_errors = tuple(RowError(e["row"], e["column"], e["sqlstate"], e["message"]) for e in errors or ())
+        return JobRecord(job_id, table, n, accepted_at, JobState(state), committed_at, error, committed, rejected,
+                         row_errors)

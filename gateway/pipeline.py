@@ -29,7 +29,7 @@ import zmq.asyncio
 from zmq.utils.monitor import parse_monitor_message
 
 from common.config import GatewayConfig
-from common.wire import JobState, Status, WireError, decode_statuses
+from common.wire import Status, WireError, decode_statuses
 from common.zmqutil import configure
 from gateway.metrics import GatewayMetrics
 from gateway.store import JobRecord, JobStore
@@ -169,8 +169,7 @@ class Pipeline:
             return  # another gateway's job, or a repeat of a status already applied
         self.jobs_final += 1
         self.metrics.jobs_final.labels(status.state.value).inc()
-        if status.state is JobState.COMMITTED:
-            self.metrics.rows_committed.inc(status.rows)
+        self.metrics.rows_committed.inc(status.rows_committed)
         self._on_final(status.job_id)
 
     async def _count_sinks(self, monitor: zmq.asyncio.Socket) -> None:

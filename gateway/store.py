@@ -17,7 +17,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from common.wire import JobState, Status
+from common.wire import JobState, RowError, Status
 
 
 @dataclass(slots=True)
@@ -29,6 +29,9 @@ class JobRecord:
     state: JobState = JobState.ACCEPTED
     committed_at: float | None = None
     error: str | None = None
+    rows_committed: int = 0
+    rows_rejected: int = 0
+    errors: tuple[RowError, ...] = ()
     frame: bytes | None = field(default=None, repr=False)
     sent_at: float = 0.0
     attempts: int = 1
@@ -90,6 +93,7 @@ class JobStore:
         if not self.pending:
             self._idle.set()
         rec.state, rec.committed_at, rec.error = status.state, status.committed_at, status.error
+        rec.rows_committed, rec.rows_rejected, rec.errors = status.rows_committed, status.rows_rejected, status.errors
         self.final[job_id] = rec
         while len(self.final) > self.capacity:
             self.final.popitem(last=False)

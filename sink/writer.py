@@ -12,12 +12,13 @@ Errors are sorted at the batch boundary:
   starting, deadlock, serialization failure, out of resources) ->
   :class:`TransientError`; the caller keeps the batch, reconnects with
   back-off and writes it again;
-* anything else (bad value, constraint violation, unknown column, a program
-  limit such as too many array dimensions, a value psycopg cannot adapt) is bad
-  data: the batch is written again one job per transaction, so only the
-  offending job fails and every other job commits. psycopg files some of these
-  (class 54, 57014) under ``OperationalError`` too, so the class alone cannot
-  decide: the SQLSTATE does.
+* anything else (bad value, constraint violation, a program limit such as too
+  many array dimensions, a value psycopg cannot adapt) is bad data: each job
+  is written again in a transaction of its own, the refused rows are found
+  (sink.isolate) and kept in ``zingest.dead_letters`` with their reason, and
+  every other row commits. The job reads ``partial`` or, if no row landed,
+  ``failed``. psycopg files some bad data (class 54, 57014) under
+  ``OperationalError`` too, so the class alone cannot decide: the SQLSTATE does.
 """
 
 from __future__ import annotations
@@ -25,38 +26,53 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import NoReturn
 
+import orjson
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from common.schema import ensure_schema
-from common.wire import Job, JobState, Status
+from common.wire import Job, JobState, RowError, Status
+from sink.isolate import BAD_DATA_ERRORS, BadRow, copy_isolating, error_text, json_safe
 
 log = logging.getLogger(__name__)
 
 # ON CONFLICT without a target: a repeat of the job id or of the (table, Idempotency-Key) pair is skipped.
 _INSERT_LEDGER = """
-INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at, idempotency_key)
-SELECT j, t, 'committed', r, to_timestamp(a), k
+INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at, idempotency_key, rows_committed)
+SELECT j, t, 'committed', r, to_timestamp(a), k, r
   FROM unnest(%s::text[], %s::text[], %s::int[], %s::float8[], %s::text[]) AS u(j, t, r, a, k)
 ON CONFLICT DO NOTHING
 RETURNING job_id, extract(epoch FROM committed_at)::float8
 """
 
 _SELECT_LEDGER = """
-SELECT job_id, state, rows, extract(epoch FROM committed_at)::float8, error
+SELECT job_id, state, rows, extract(epoch FROM committed_at)::float8, error,
+       coalesce(rows_committed, CASE WHEN state = 'committed' THEN rows ELSE 0 END), rows_rejected, errors
   FROM zingest.ledger WHERE job_id = ANY(%s::text[])
+"""
+
+_FINISH_LEDGER = """
+UPDATE zingest.ledger SET state = %s, rows_committed = %s, rows_rejected = %s, error = %s, errors = %s
+ WHERE job_id = %s
+"""
+
+_INSERT_DEAD = """
+INSERT INTO zingest.dead_letters (job_id, table_name, row_number, "row", sqlstate, column_name, error)
+VALUES (%s, %s, %s, %s, %s, %s, %s)
+"""
+
+_JSON_COLUMNS = """
+SELECT attname FROM pg_attribute
+ WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped
+   AND atttypid IN ('json'::regtype, 'jsonb'::regtype)
 """
 
 _SELECT_LEDGER_BY_KEY = """
 SELECT job_id, state, extract(epoch FROM committed_at)::float8, error
   FROM zingest.ledger WHERE table_name = %s AND idempotency_key = %s
-"""
-
-_INSERT_FAILED = """
-INSERT INTO zingest.ledger (job_id, table_name, state, rows, accepted_at, idempotency_key, error)
-VALUES (%s, %s, 'failed', %s, to_timestamp(%s), %s, %s)
-ON CONFLICT DO NOTHING
 """
 
 
@@ -75,9 +91,8 @@ class WriteResult:
 TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03"})
 TRANSIENT_CLASSES = frozenset({"08", "53"})  # connection exceptions, insufficient resources
 
-# Errors that mean "this data cannot be written", besides PostgreSQL's own.
-# RecursionError: psycopg adapts nested lists recursively; a deep enough value exhausts the stack.
-BAD_DATA_ERRORS = (psycopg.Error, RecursionError)
+# Refused rows reported in a job's status (all of them are in the dead-letter table).
+MAX_ROW_ERRORS = 5
 
 
 def is_transient(exc: BaseException, conn: psycopg.Connection | None = None) -> bool:
@@ -103,15 +118,8 @@ def copy_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
 
 
 def describe(exc: BaseException) -> str:
-    if not isinstance(exc, psycopg.Error):
-        return f"{type(exc).__name__}: {exc}"
-    diag = exc.diag
-    text = (diag.message_primary or str(exc)).strip()
-    if diag.message_detail:
-        text += f" ({diag.message_detail.strip()})"
-    if diag.context and "COPY" in diag.context:
-        text += f" [{diag.context.strip().splitlines()[0]}]"
-    return f"{exc.sqlstate or 'error'}: {text}"
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return f"{state or 'error'}: {error_text(exc)}"
 
 
 def recorded_fates(cur: psycopg.Cursor, jobs: list[Job]) -> list[Status]:
@@ -119,7 +127,11 @@ def recorded_fates(cur: psycopg.Cursor, jobs: list[Job]) -> list[Status]:
     if not jobs:
         return []
     cur.execute(_SELECT_LEDGER, ([j.job_id for j in jobs],))
-    found = {row[0]: Status(row[0], JobState(row[1]), row[2], row[3], row[4]) for row in cur.fetchall()}
+    found = {}
+    for job_id, state, rows, committed_at, error, rows_committed, rows_rejected, errors in cur.fetchall():
+        row_errors = tuple(RowError(e["row"], e["column"], e["sqlstate"], e["message"]) for e in errors or ())
+        found[job_id] = Status(job_id, JobState(state), rows, committed_at, error, rows_committed, rows_rejected,
+                               row_errors)
     statuses = []
     for job in jobs:
         if job.job_id in found:
@@ -140,6 +152,7 @@ class PgWriter:
         self._dsn = dsn
         self._application_name = application_name
         self._conn: psycopg.Connection | None = None
+        self._json_columns: dict[str, frozenset[str]] = {}
 
     def connect(self) -> None:
         try:
@@ -172,32 +185,18 @@ class PgWriter:
         except BAD_DATA_ERRORS as exc:
             if is_transient(exc, conn):
                 self._transient(exc)
-            if len(jobs) == 1:
-                return self._fail_or_retry(conn, jobs[0], exc)
-            log.info("batch of %d jobs rejected (%s); writing them one by one", len(jobs), describe(exc))
-        statuses, written, dups = [], 0, 0
-        for job in jobs:
-            try:
-                res = self._write_together(conn, [job])
-            except BAD_DATA_ERRORS as exc:
-                res = self._fail_or_retry(conn, job, exc)
-            statuses += res.statuses
-            written += res.rows_written
-            dups += res.duplicates
-        return WriteResult(statuses, written, dups)
+            log.info("batch of %d jobs refused (%s); writing each job alone, setting refused rows aside",
+                     len(jobs), describe(exc))
+        try:
+            results = [self._write_isolating(conn, job) for job in jobs]
+        except BAD_DATA_ERRORS as exc:  # only transient ones get here (isolation handles the rest)
+            self._transient(exc)
+        return WriteResult([s for r in results for s in r.statuses], sum(r.rows_written for r in results),
+                           sum(r.duplicates for r in results))
 
-    def _transient(self, exc: BaseException) -> None:
+    def _transient(self, exc: BaseException) -> NoReturn:
         self.close()
         raise TransientError(describe(exc)) from exc
-
-    def _fail_or_retry(self, conn: psycopg.Connection, job: Job, exc: BaseException) -> WriteResult:
-        if is_transient(exc, conn):
-            self._transient(exc)
-        try:
-            return self._fail(conn, job, exc)
-        except psycopg.Error as record_exc:
-            self._transient(record_exc)  # could not even record the failure: try the batch again later
-            raise  # unreachable: _transient always raises
 
     def _write_together(self, conn: psycopg.Connection, jobs: list[Job]) -> WriteResult:
         with conn.transaction(), conn.cursor() as cur:
@@ -225,18 +224,75 @@ class PgWriter:
                         copy.write_row(row)
                 written += len(rows)
             statuses = [
-                Status(j.job_id, JobState.COMMITTED, j.row_count, fresh[j.job_id]) for j in jobs if j.job_id in fresh
+                Status(j.job_id, JobState.COMMITTED, j.row_count, fresh[j.job_id], rows_committed=j.row_count)
+                for j in jobs if j.job_id in fresh
             ]
             seen = [j for j in jobs if j.job_id not in fresh]
             statuses += recorded_fates(cur, seen)
         return WriteResult(statuses, written, len(seen))
 
-    def _fail(self, conn: psycopg.Connection, job: Job, exc: BaseException) -> WriteResult:
-        """Record the job as failed in the ledger, unless it already has a fate there, and report that."""
-        error = describe(exc)
-        log.warning("job %s into %s failed: %s", job.job_id, job.table, error)
+    def _write_isolating(self, conn: psycopg.Connection, job: Job) -> WriteResult:
+        """One job in its own transaction: land every row PostgreSQL takes, dead-letter the others."""
         with conn.transaction(), conn.cursor() as cur:
-            cur.execute(
-                _INSERT_FAILED, (job.job_id, job.table, job.row_count, job.accepted_at, job.idempotency_key, error)
-            )
-            return WriteResult(recorded_fates(cur, [job]), 0, 0)
+            cur.execute(_INSERT_LEDGER, ([job.job_id], [job.table], [job.row_count], [job.accepted_at],
+                                         [job.idempotency_key]))
+            fresh = cur.fetchone()
+            if fresh is None:
+                return WriteResult(recorded_fates(cur, [job]), 0, 1)
+            bad: list[BadRow] = []
+            offset = 0
+            for group in job.groups:
+                bad += copy_isolating(conn, cur, copy_statement(job.table, group.columns), group.columns,
+                                      group.rows, offset, is_transient)
+                offset += len(group.rows)
+            if not bad:
+                status = Status(job.job_id, JobState.COMMITTED, job.row_count, fresh[1], rows_committed=job.row_count)
+                return WriteResult([status], job.row_count, 0)
+            self._dead_letter(cur, job, bad)
+            committed = job.row_count - len(bad)
+            state = JobState.PARTIAL if committed else JobState.FAILED
+            first = bad[0]
+            error = (f"{len(bad)} of {job.row_count} rows refused; first: row {first.position}: "
+                     f"{first.sqlstate or 'error'}: {first.message}")
+            errors = tuple(RowError(b.position, b.column, b.sqlstate, b.message) for b in bad[:MAX_ROW_ERRORS])
+            cur.execute(_FINISH_LEDGER, (state.value, committed, len(bad), error,
+                                         Jsonb([_row_error(e) for e in errors], dumps=_dumps), job.job_id))
+            log.warning("job %s into %s: %s", job.job_id, job.table, error)
+            status = Status(job.job_id, state, job.row_count, fresh[1], error, committed, len(bad), errors)
+            return WriteResult([status], committed, 0)
+
+    def _dead_letter(self, cur: psycopg.Cursor, job: Job, bad: list[BadRow]) -> None:
+        """Keep each refused row as sent (json/jsonb values back as JSON, not as the text we sent)."""
+        if job.table not in self._json_columns:
+            cur.execute(_JSON_COLUMNS, (qualified(job.table).as_string(cur),))
+            self._json_columns[job.table] = frozenset(r[0] for r in cur.fetchall())
+        json_columns = self._json_columns[job.table]
+        params = []
+        for b in bad:
+            row = {}
+            for name, value in zip(b.columns, b.values):
+                if name in json_columns and type(value) is str:
+                    try:
+                        value = orjson.loads(value)
+                    except orjson.JSONDecodeError:
+                        pass
+                try:
+                    row[name] = json_safe(value)
+                except ValueError:
+                    row[name] = value  # replaced by a note below
+            try:
+                kept = _dumps(row)
+            except (TypeError, ValueError, RecursionError):  # orjson: nested too deep, or not JSON at all
+                kept = _dumps({k: v if isinstance(v, str | int | float | bool | None) else
+                               f"<{type(v).__name__} that JSON cannot hold>" for k, v in row.items()})
+            params.append((job.job_id, job.table, b.position, Jsonb(kept, dumps=lambda text: text), b.sqlstate,
+                           b.column, b.message))
+        cur.executemany(_INSERT_DEAD, params)
+
+
+def _row_error(e: RowError) -> dict:
+    return {"row": e.row, "column": e.column, "sqlstate": e.sqlstate, "message": e.message}
+
+
+def _dumps(obj: object) -> str:
+    return orjson.dumps(obj).decode()

@@ -94,14 +94,17 @@ def test_retry_after() -> None:
 def test_read_job_status() -> None:
     committed = orjson.dumps({"job_id": "j", "state": "committed", "rows": 2, "error": None})
     failed = orjson.dumps({"job_id": "j", "state": "failed", "rows": 2, "error": "duplicate key"})
-    assert read_job_status(200, committed) == (JobState.COMMITTED, "committed")
-    assert read_job_status(200, failed) == (JobState.FAILED, "duplicate key")
+    assert read_job_status(200, committed)[:2] == (JobState.COMMITTED, "committed")
+    assert read_job_status(200, failed)[:2] == (JobState.FAILED, "duplicate key")
+    partial = orjson.dumps({"state": "partial", "rows_committed": 7, "error": "1 of 8 rows refused"})
+    assert read_job_status(200, partial) == (JobState.PARTIAL, "1 of 8 rows refused", 7)
     assert read_job_status(200, orjson.dumps({"state": "accepted"}))[0] is JobState.ACCEPTED
     assert read_job_status(404, orjson.dumps({"job_id": "j", "state": "not_found"})) == (
         None,
         "unknown job id (404 not_found)",
+        0,
     )
-    assert read_job_status(500, b"oops") == (None, "HTTP 500: oops")
+    assert read_job_status(500, b"oops") == (None, "HTTP 500: oops", 0)
 
 
 def test_summary_counts_rows_and_lists_problems() -> None:

@@ -12,6 +12,7 @@ from common.wire import (
     Group,
     Job,
     JobState,
+    RowError,
     Status,
     WireError,
     decode_job,
@@ -89,14 +90,16 @@ GOLDEN_JOB_HEX = (
     "9292a26964a178919203cb4004000000000000"                #   [["id","x"], [[3, 2.5]]]]]
 )
 GOLDEN_STATUSES = [
-    Status("j-0001", JobState.COMMITTED, 3, 1700000001.25, None),
-    Status("j-0002", JobState.FAILED, 2, 1700000002.0, "23505: dup"),
+    Status("j-0001", JobState.COMMITTED, 3, 1700000001.25, None, 3, 0),
+    Status("j-0002", JobState.PARTIAL, 2, 1700000002.0, "23505: dup", 1, 1, (RowError(1, None, "23505", "dup"),)),
 ]
 GOLDEN_STATUSES_HEX = (
     "9301a15392"                                                  # [1, "S", [
-    "95a66a2d30303031a9636f6d6d697474656403cb41d954fc40500000c0"  #   ["j-0001","committed",3,1700000001.25,nil],
-    "95a66a2d30303032a66661696c656402cb41d954fc40800000"          #   ["j-0002","failed",2,1700000002.0,
-    "aa32333530353a20647570"                                      #    "23505: dup"]]]
+    "98a66a2d30303031a9636f6d6d697474656403cb41d954fc40500000c0"  #   ["j-0001","committed",3,1700000001.25,nil,
+    "030090"                                                      #    3, 0, []],
+    "98a66a2d30303032a77061727469616c02cb41d954fc40800000"        #   ["j-0002","partial",2,1700000002.0,
+    "aa32333530353a20647570"                                      #    "23505: dup",
+    "0101919401c0a53233353035a3647570"                            #    1, 1, [[1, nil, "23505", "dup"]]]]]
 )
 
 
@@ -176,9 +179,11 @@ BAD_STATUSES = {
     "items not an array": pack([1, KIND_STATUS, 3]),
     "item not an array": pack([1, KIND_STATUS, [5]]),
     "item too short": pack([1, KIND_STATUS, [["j", "committed", 1, 2.0]]]),
-    "item too long": pack([1, KIND_STATUS, [["j", "committed", 1, 2.0, None, "x"]]]),
-    "unknown state": pack([1, KIND_STATUS, [["j", "lost", 1, 2.0, None]]]),
-    "rows not a number": pack([1, KIND_STATUS, [["j", "committed", "many", 2.0, None]]]),
+    "item too long": pack([1, KIND_STATUS, [["j", "committed", 1, 2.0, None, 1, 0, [], "x"]]]),
+    "unknown state": pack([1, KIND_STATUS, [["j", "lost", 1, 2.0, None, 1, 0, []]]]),
+    "rows not a number": pack([1, KIND_STATUS, [["j", "committed", "many", 2.0, None, 1, 0, []]]]),
+    "row error too short": pack([1, KIND_STATUS, [["j", "partial", 2, 2.0, None, 1, 1, [[0, None, "23505"]]]]]),
+    "errors not a list": pack([1, KIND_STATUS, [["j", "partial", 2, 2.0, None, 1, 1, 5]]]),
 }
 
 

@@ -151,7 +151,7 @@ def test_writing_the_same_job_twice_lands_it_once(writer: PgWriter, rides_dsn: s
 
     second = writer.write([job])
     (s2,) = second.statuses
-    assert s2 == Status(job.job_id, JobState.COMMITTED, 3, s1.committed_at, None)
+    assert s2 == Status(job.job_id, JobState.COMMITTED, 3, s1.committed_at, None, rows_committed=3)
     assert (second.rows_written, second.duplicates) == (0, 1)
 
     # Another writer (another sink, a fresh connection) sees the same ledger.
@@ -244,7 +244,8 @@ def test_program_limit_errors_are_bad_data_not_an_outage(writer: PgWriter, rides
     bad = new_job("tagged", Group(("id", "tags"), [[1, deep]]))
     good = new_job("tagged", Group(("id", "tags"), [[2, [1, 2]]]))
     statuses = by_id(writer.write([bad, good]))
-    assert statuses[bad.job_id].state is JobState.FAILED and statuses[bad.job_id].error.startswith("54000")
+    assert statuses[bad.job_id].state is JobState.FAILED
+    assert statuses[bad.job_id].errors[0].sqlstate == "54000"
     assert statuses[good.job_id].state is JobState.COMMITTED
 
 
@@ -257,64 +258,116 @@ def test_a_value_too_deep_to_adapt_fails_its_job_without_crashing(writer: PgWrit
     good = new_job("deep", Group(("id", "v"), [[2, None]]))
     statuses = by_id(writer.write([bad, good]))
     assert statuses[bad.job_id].state is JobState.FAILED and "RecursionError" in statuses[bad.job_id].error
+    (kept,) = query(rides_dsn, 'SELECT "row" FROM zingest.dead_letters')
+    assert kept[0] == {"id": 1, "v": "<list that JSON cannot hold>"}
     assert statuses[good.job_id].state is JobState.COMMITTED
     assert query(rides_dsn, "SELECT id FROM deep") == [(2,)]
 
 
-# --- (d) one bad job among good ones ----------------------------------------------------------
+# --- (d) bad rows among good ones: the good rows land, the bad ones are dead-lettered -----------
 
-BAD_JOBS: dict[str, tuple[Callable[[], Job], str]] = {
+# name -> (job factory, SQLSTATE, positions of the refused rows, column PostgreSQL blames)
+BAD_JOBS: dict[str, tuple[Callable[[], Job], str, list[int], str | None]] = {
     "duplicate primary key within the job": (
-        lambda: new_job("rides", rides_group(ride(20), ride(21), ride(20))), "23505"),
-    "text in an integer column": (lambda: new_job("rides", rides_group(ride(20, vehicle_model_id="abc"))), "22P02"),
-    "not null column null": (lambda: new_job("rides", rides_group(ride(20), ride(21, user_id=None))), "23502"),
-    "smallint out of range": (lambda: new_job("rides", rides_group(ride(20, travel_type_id=I16))), "22003"),
-    "bad timestamp": (lambda: new_job("rides", rides_group(ride(20, from_date="31/12/2013 25:00"))), "22008"),
-    "unknown column": (lambda: new_job("rides", Group(("id", "colour"), [[20, "red"]])), "42703"),
-    "unknown table": (lambda: new_job("nowhere", Group(("id",), [[20]])), "42P01"),
+        lambda: new_job("rides", rides_group(ride(20), ride(21), ride(20))), "23505", [2], None),
+    "text in an integer column": (
+        lambda: new_job("rides", rides_group(ride(20), ride(21, vehicle_model_id="abc"), ride(22))),
+        "22P02", [1], "vehicle_model_id"),
+    "not null column null": (
+        lambda: new_job("rides", rides_group(ride(20), ride(21, user_id=None))), "23502", [1], None),
+    "smallint out of range": (
+        lambda: new_job("rides", rides_group(ride(20, travel_type_id=I16), ride(21))), "22003", [0], "travel_type_id"),
+    "bad timestamp": (
+        lambda: new_job("rides", rides_group(ride(20), ride(21, from_date="31/12/2013 25:00"))),
+        "22008", [1], "from_date"),
+    "two bad rows": (
+        lambda: new_job("rides", rides_group(ride(20, user_id=None), ride(21), ride(22, vehicle_model_id="x"))),
+        "23502", [0, 2], None),
 }
 
 
-@pytest.mark.parametrize("make_bad,sqlstate", BAD_JOBS.values(), ids=BAD_JOBS.keys())
-def test_a_bad_job_fails_alone_and_is_not_retried(
-    writer: PgWriter, rides_dsn: str, make_bad: Callable[[], Job], sqlstate: str
+@pytest.mark.parametrize("make_bad,sqlstate,positions,column", BAD_JOBS.values(), ids=BAD_JOBS.keys())
+def test_bad_rows_are_set_aside_and_every_other_row_lands(
+    writer: PgWriter, rides_dsn: str, make_bad: Callable[[], Job], sqlstate: str, positions: list[int],
+    column: str | None,
 ) -> None:
     good1 = new_job("rides", rides_group(ride(1), ride(2), ride(3)))
     bad = make_bad()
     good2 = new_job("rides", rides_group(ride(10), ride(11)))
     result = writer.write([good1, bad, good2])
     statuses = by_id(result)
-    assert set(statuses) == {good1.job_id, bad.job_id, good2.job_id}
     assert statuses[good1.job_id].state is JobState.COMMITTED
     assert statuses[good2.job_id].state is JobState.COMMITTED
-    failed = statuses[bad.job_id]
-    assert failed.state is JobState.FAILED
-    assert failed.error is not None and failed.error.startswith(f"{sqlstate}: "), failed.error
-    assert failed.rows == bad.row_count
-    assert result.rows_written == 5
-    assert rides_ids(rides_dsn) == [1, 2, 3, 10, 11]
+    partial = statuses[bad.job_id]
+    assert partial.state is JobState.PARTIAL
+    assert (partial.rows, partial.rows_committed, partial.rows_rejected) == (
+        bad.row_count, bad.row_count - len(positions), len(positions))
+    assert [e.row for e in partial.errors] == positions
+    assert partial.errors[0].sqlstate == sqlstate and partial.errors[0].column == column
+    assert partial.error is not None and f"{sqlstate}: " in partial.error
+    landed = {r[0] for g in bad.groups for k, r in enumerate(g.rows) if k not in positions}
+    assert set(rides_ids(rides_dsn)) == {1, 2, 3, 10, 11} | landed
+    assert result.rows_written == 5 + len(landed)
+
+    dead = query(rides_dsn, 'SELECT job_id, table_name, row_number, "row", sqlstate, column_name, error '
+                            "FROM zingest.dead_letters ORDER BY row_number")
+    assert [(d[0], d[1], d[2], d[4]) for d in dead][:1] == [(bad.job_id, "rides", positions[0], sqlstate)]
+    assert [d[2] for d in dead] == positions
+    sent = bad.groups[0].rows[positions[0]]
+    assert dead[0][3] == dict(zip(RIDES_COLUMNS, sent))  # the row exactly as sent
+    assert dead[0][5] == column and dead[0][6]
 
     book = ledger(rides_dsn)
-    assert book[bad.job_id] == (bad.table, "failed", bad.row_count, ACCEPTED_AT, failed.error)
-    assert book[good1.job_id][1] == "committed" and book[good2.job_id][1] == "committed"
-
-    again = writer.write([bad])
-    assert again.statuses == [failed]
+    assert book[bad.job_id][1:3] == ("partial", bad.row_count)
+    again = writer.write([bad])  # a redelivery: answered from the ledger, nothing written twice
+    assert again.statuses == [partial]
     assert (again.rows_written, again.duplicates) == (0, 1)
-    assert len(ledger(rides_dsn)) == 3
-    assert rides_ids(rides_dsn) == [1, 2, 3, 10, 11]
+    assert len(query(rides_dsn, "SELECT 1 FROM zingest.dead_letters")) == len(positions)
 
 
-def test_a_failed_job_stays_failed_even_when_it_would_now_succeed(writer: PgWriter, rides_dsn: str) -> None:
+STATEMENT_ERRORS = {
+    "unknown column": (lambda: new_job("rides", Group(("id", "colour"), [[20, "red"], [21, "blue"]])), "42703"),
+    "unknown table": (lambda: new_job("nowhere", Group(("id",), [[20], [21]])), "42P01"),
+}
+
+
+@pytest.mark.parametrize("make_bad,sqlstate", STATEMENT_ERRORS.values(), ids=STATEMENT_ERRORS.keys())
+def test_a_job_whose_statement_fails_keeps_every_row_as_a_dead_letter(
+    writer: PgWriter, rides_dsn: str, make_bad: Callable[[], Job], sqlstate: str
+) -> None:
+    good = new_job("rides", rides_group(ride(1)))
+    bad = make_bad()
+    statuses = by_id(writer.write([good, bad]))
+    assert statuses[good.job_id].state is JobState.COMMITTED
+    failed = statuses[bad.job_id]
+    assert failed.state is JobState.FAILED and (failed.rows_committed, failed.rows_rejected) == (0, 2)
+    assert failed.errors[0].sqlstate == sqlstate
+    dead = query(rides_dsn, 'SELECT row_number, "row", sqlstate FROM zingest.dead_letters ORDER BY row_number')
+    assert [(d[0], d[2]) for d in dead] == [(0, sqlstate), (1, sqlstate)]
+    assert dead[0][1] == dict(zip(bad.groups[0].columns, bad.groups[0].rows[0]))
+    assert rides_ids(rides_dsn) == [1]
+
+
+def test_isolation_finds_many_bad_rows_in_a_large_job(writer: PgWriter, rides_dsn: str) -> None:
+    rows = [ride(i, user_id=None) if i % 97 == 0 else ride(i) for i in range(1, 2001)]
+    job = new_job("rides", rides_group(*rows))
+    (status,) = writer.write([job]).statuses
+    bad = [i - 1 for i in range(1, 2001) if i % 97 == 0]
+    assert status.state is JobState.PARTIAL and status.rows_rejected == len(bad)
+    assert [e.row for e in status.errors] == bad[:5]
+    assert len(rides_ids(rides_dsn)) == 2000 - len(bad)
+
+
+def test_a_job_with_every_row_refused_is_failed_and_stays_so(writer: PgWriter, rides_dsn: str) -> None:
     writer.write([new_job("rides", rides_group(ride(100)))])
-    clash = new_job("rides", rides_group(ride(101), ride(100)))
+    clash = new_job("rides", rides_group(ride(100)))
     (status,) = writer.write([clash]).statuses
-    assert status.state is JobState.FAILED and status.error is not None and status.error.startswith("23505")
+    assert status.state is JobState.FAILED and status.rows_committed == 0 and "23505" in status.error
 
     execute(rides_dsn, "DELETE FROM public.rides WHERE id = 100")  # what blocked it is gone
     (again,) = writer.write([clash]).statuses
-    assert again == status
-    assert rides_ids(rides_dsn) == []  # not written on the second try
+    assert again == status  # a job's fate is decided once
+    assert rides_ids(rides_dsn) == []
 
 
 # --- (e) two sinks holding the same job at once -----------------------------------------------

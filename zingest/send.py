@@ -165,6 +165,7 @@ def count_ndjson_rows(stream: BinaryIO) -> int:
 class Outcome(str, enum.Enum):
     ACCEPTED = "accepted"  # the gateway took the batch as a job; not final yet
     COMMITTED = "committed"
+    PARTIAL = "partial"  # some rows committed, the others refused (kept in zingest.dead_letters)
     FAILED = "failed"  # the job failed, or the batch was never accepted in time
     REJECTED = "rejected"  # the gateway refused the batch's content (4xx)
 
@@ -179,6 +180,14 @@ class Result:
     job_id: str | None = None
     # Why it failed or was rejected; while ACCEPTED, the last status the gateway gave.
     error: str | None = None
+    # Rows of a PARTIAL job that did land.
+    rows_committed: int = 0
+
+    @property
+    def landed(self) -> int:
+        if self.outcome is Outcome.COMMITTED:
+            return self.rows
+        return self.rows_committed if self.outcome is Outcome.PARTIAL else 0
 
 
 @dataclass(frozen=True)
@@ -213,7 +222,7 @@ class Summary:
 
     def lines(self) -> list[str]:
         """The text report: the summary line, then one line per failed job or rejected batch."""
-        failed_rows = sum(r.rows for r in self.failed)
+        failed_rows = sum(r.rows - r.landed for r in self.failed)
         rejected_rows = sum(r.rows for r in self.rejected)
         out = [
             f"sent {self.rows} rows in {self.jobs} jobs: {self.committed_rows} committed, {failed_rows} failed,"
@@ -221,7 +230,11 @@ class Summary:
         ]
         for r in self.failed:
             what = f"job {r.job_id}" if r.job_id else "batch"
-            out.append(f"failed {what} ({r.rows} rows from line {r.first_line}): {r.error}")
+            if r.outcome is Outcome.PARTIAL:
+                out.append(f"partly failed {what} ({r.rows - r.landed} of {r.rows} rows from line {r.first_line}"
+                           f" refused): {r.error}")
+            else:
+                out.append(f"failed {what} ({r.rows} rows from line {r.first_line}): {r.error}")
         for r in self.rejected:
             out.append(f"rejected batch ({r.rows} rows from line {r.first_line}): {r.error}")
         return out
@@ -232,8 +245,8 @@ def summarise(results: Iterable[Result], seconds: float) -> Summary:
     return Summary(
         rows=sum(r.rows for r in ordered),
         jobs=sum(1 for r in ordered if r.job_id is not None),
-        committed_rows=sum(r.rows for r in ordered if r.outcome is Outcome.COMMITTED),
-        failed=tuple(r for r in ordered if r.outcome in (Outcome.FAILED, Outcome.ACCEPTED)),
+        committed_rows=sum(r.landed for r in ordered),
+        failed=tuple(r for r in ordered if r.outcome in (Outcome.FAILED, Outcome.PARTIAL, Outcome.ACCEPTED)),
         rejected=tuple(r for r in ordered if r.outcome is Outcome.REJECTED),
         seconds=seconds,
     )
@@ -258,27 +271,28 @@ def retry_after_s(header: str | None) -> float:
         return DEFAULT_RETRY_WAIT_S
 
 
-def read_job_status(status: int, body: bytes) -> tuple[JobState | None, str]:
+def read_job_status(status: int, body: bytes) -> tuple[JobState | None, str, int]:
     """The state in a ``GET /v1/jobs/{id}`` answer and a note for the report.
 
     The state is None when the answer names none we know (404 ``not_found``,
-    errors): the caller keeps polling until its deadline.
+    errors): the caller keeps polling until its deadline. The int is the job's rows_committed.
     """
     try:
         doc = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None, error_text(status, body)
+        return None, error_text(status, body), 0
     if not isinstance(doc, dict):
-        return None, error_text(status, body)
+        return None, error_text(status, body), 0
     if status == 404:
-        return None, "unknown job id (404 not_found)"
+        return None, "unknown job id (404 not_found)", 0
     if status != 200:
-        return None, error_text(status, body)
+        return None, error_text(status, body), 0
     try:
         state = JobState(doc.get("state"))
     except ValueError:
-        return None, f"unexpected state {doc.get('state')!r}"
-    return state, str(doc.get("error") or state.value)
+        return None, f"unexpected state {doc.get('state')!r}", 0
+    committed = doc.get("rows_committed")
+    return state, str(doc.get("error") or state.value), committed if isinstance(committed, int) else 0
 
 
 # ----------------------------------------------------------- HTTP client loop
@@ -378,9 +392,11 @@ async def poll_job(session: aiohttp.ClientSession, jobs_url: str, result: Result
     except (aiohttp.ClientError, TimeoutError) as exc:
         # Keep the gateway's last answer if there was one: it says more than this failure.
         return result if result.error else dataclasses.replace(result, error=f"status request failed: {exc!r}")
-    state, note = read_job_status(status, body)
+    state, note, committed = read_job_status(status, body)
     if state is JobState.COMMITTED:
         return dataclasses.replace(result, outcome=Outcome.COMMITTED, error=None)
+    if state is JobState.PARTIAL:
+        return dataclasses.replace(result, outcome=Outcome.PARTIAL, error=note, rows_committed=committed)
     if state is JobState.FAILED:
         return dataclasses.replace(result, outcome=Outcome.FAILED, error=note)
     return dataclasses.replace(result, error=f"last status: {note}")
