@@ -42,8 +42,14 @@ class GatewayConfig:
     status_bind: str = "tcp://127.0.0.1:5556"
     # Tables that may be written; empty means every table in schema public.
     tables: tuple[str, ...] = ()
-    # Largest request body accepted, in bytes.
+    # Largest request body accepted, in bytes, once decompressed (413 past it).
     max_body_bytes: int = 64 * 1024 * 1024
+    # Most rows in one request (413 past it).
+    max_rows: int = 100_000
+    # Deepest nesting of arrays and objects inside one value (400 past it).
+    max_depth: int = 32
+    # Longest string value, in UTF-8 bytes (400 past it).
+    max_string_bytes: int = 1024 * 1024
     # Final job statuses kept in memory; older ones are answered from the ledger table.
     status_capacity: int = 100_000
     # Frames queued toward sinks before a POST is answered 503 (ZeroMQ send high-water mark).
@@ -185,6 +191,9 @@ def _check(cfg: Config) -> None:
         "sink.batch_rows": s.batch_rows,
         "sink.recv_hwm": s.recv_hwm,
         "gateway.max_body_bytes": g.max_body_bytes,
+        "gateway.max_rows": g.max_rows,
+        "gateway.max_depth": g.max_depth,
+        "gateway.max_string_bytes": g.max_string_bytes,
         "gateway.status_capacity": g.status_capacity,
         "gateway.send_hwm": g.send_hwm,
         "gateway.redelivery_timeout_s": g.redelivery_timeout_s,

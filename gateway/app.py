@@ -7,6 +7,7 @@ Routes:
   GET  /healthz             200 once the catalog is loaded and the sockets are bound,
                             with the number of sinks connected
   GET  /metrics             Prometheus text format
+  GET  /openapi.json        this API, described (gateway/openapi.py)
 
 Set-up and tear-down of the database handle, the journal and the ZeroMQ
 pipeline are paired in ``cleanup_ctx``; their state is typed with ``web.AppKey``.
@@ -33,6 +34,7 @@ from common.wire import Job, JobState, WireError, decode_job, encode_job
 from gateway.db import Database
 from gateway.journal import Journal
 from gateway.metrics import GatewayMetrics
+from gateway.openapi import spec
 from gateway.parsing import MEDIA_TYPES, BodyError, parse_rows
 from gateway.pipeline import Pipeline
 from gateway.store import JobRecord, JobStore
@@ -286,4 +288,7 @@ def create_app(cfg: Config) -> web.Application:
     app.router.add_get("/v1/jobs/{job_id}", job_status)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
+    described = orjson.dumps(spec(MEDIA_TYPES))
+    app.router.add_get("/openapi.json", lambda request: web.Response(body=described,
+                                                                     content_type="application/json"))
     return app

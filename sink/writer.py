@@ -157,6 +157,8 @@ class PgWriter:
     def connect(self) -> None:
         try:
             self._conn = psycopg.connect(self._dsn, application_name=self._application_name, autocommit=True)
+            # A timestamptz value sent without an offset means UTC, whatever the server's default is.
+            self._conn.execute("SET TIME ZONE 'UTC'")
             ensure_schema(self._conn)
         except psycopg.Error as exc:
             if not is_transient(exc, self._conn):
