@@ -35,9 +35,9 @@ from gateway.db import Database
 from gateway.journal import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import spec
-from gateway.parsing import MEDIA_TYPES, BodyError, parse_rows
+from gateway.parsing import MEDIA_TYPES, BodyError, Table, UnknownColumn, parse_rows
 from gateway.pipeline import Pipeline
-from gateway.store import JobRecord, JobStore
+from gateway.store import JobRecord, JobStore, KeyLocks
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ STORE = web.AppKey("store", JobStore)
 PIPELINE = web.AppKey("pipeline", Pipeline)
 JOURNAL = web.AppKey("journal", Journal)
 METRICS = web.AppKey("metrics", GatewayMetrics)
+KEY_LOCKS = web.AppKey("key_locks", KeyLocks)
 
 # What new_job_id makes; anything else cannot be in the ledger, so it is not looked up.
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -97,6 +98,8 @@ def unavailable(app: web.Application, reason: str, text: str) -> web.Response:
 async def _answer_job(request: web.Request, rec: JobRecord, replayed: bool = False) -> web.Response:
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     if request.query.get("wait") in ("1", "true"):
+        if rec.state.final:  # e.g. an earlier job found in the ledger
+            return json_response(job_view(rec), 200, headers)
         final = await request.app[STORE].wait_final(rec.job_id, request.app[CONFIG].gateway.wait_timeout_s)
         if final is None:
             return json_response(job_view(rec), 504, headers)
@@ -129,23 +132,37 @@ async def ingest(request: web.Request) -> web.Response:
             {"error": f"unsupported media type {request.content_type!r}; send one of {', '.join(MEDIA_TYPES)}"}, 415
         )
     key = request.headers.get("Idempotency-Key")
-    if key is not None:
-        if not key or len(key) > MAX_IDEMPOTENCY_KEY_LEN:
-            return json_response({"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"}, 400)
+    if key is None:
+        accepted = await _accept(request, name, table, None)
+        return accepted if isinstance(accepted, web.Response) else await _answer_job(request, accepted)
+    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LEN:
+        return json_response({"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"}, 400)
+    # One request per (table, key) at a time: a concurrent retry waits, then finds the first job.
+    async with app[KEY_LOCKS].hold((name, key)):
         try:
             earlier = await _earlier_job(app, name, key)
         except psycopg.OperationalError:
             earlier = None  # the ledger's unique (table, key) index still stops a second landing
-        if earlier is not None:
-            app[METRICS].idempotent_replays.inc()
-            return await _answer_job(request, earlier, replayed=True)
+        if earlier is None:
+            accepted = await _accept(request, name, table, key)
+            if isinstance(accepted, web.Response):
+                return accepted
+    if earlier is not None:
+        app[METRICS].idempotent_replays.inc()
+        return await _answer_job(request, earlier, replayed=True)
+    return await _answer_job(request, accepted)  # ?wait=true waits outside the key's lock
+
+
+async def _accept(request: web.Request, name: str, table: Table, key: str | None) -> JobRecord | web.Response:
+    """Parse, check, journal and dispatch one request's rows: the job's record, or the error answer."""
+    app = request.app
     body = await request.read()  # aiohttp answers 413 past gateway.max_body_bytes
     try:
         try:
             groups = parse_rows(body, request.content_type, table)
-        except BodyError as exc:
+        except UnknownColumn:
             # A column added since the catalog was read: read it again (rate-limited) and retry once.
-            if exc.column is None or not await app[DATABASE].refresh_soon():
+            if not await app[DATABASE].refresh_soon():
                 raise
             table = await app[DATABASE].table(name)
             if table is None:
@@ -177,7 +194,7 @@ async def ingest(request: web.Request) -> web.Response:
     pipeline.dispatch(rec)
     app[METRICS].jobs_accepted.inc()
     app[METRICS].rows_accepted.inc(rec.rows)
-    return await _answer_job(request, rec)
+    return rec
 
 
 async def job_status(request: web.Request) -> web.Response:
@@ -283,6 +300,7 @@ def create_app(cfg: Config) -> web.Application:
     app[CONFIG] = cfg
     app[STORE] = JobStore(cfg.gateway.status_capacity, cfg.gateway.idempotency_ttl_s)
     app[METRICS] = GatewayMetrics()
+    app[KEY_LOCKS] = KeyLocks()
     app.cleanup_ctx.append(_resources)
     app.router.add_post("/v1/ingest/{table}", ingest)
     app.router.add_get("/v1/jobs/{job_id}", job_status)

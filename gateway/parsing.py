@@ -51,6 +51,10 @@ class BodyError(ValueError):
         return out
 
 
+class UnknownColumn(BodyError):
+    """A row names a column the table does not have (as far as the catalog knows)."""
+
+
 @dataclass(frozen=True)
 class Column:
     name: str
@@ -134,7 +138,7 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
                     raise BodyError("object has no columns", where)
                 for name in obj:
                     if name not in table.columns:
-                        raise BodyError(f"unknown column {name!r} for table {table.name!r}", where, name)
+                        raise UnknownColumn(f"unknown column {name!r} for table {table.name!r}", where, name)
                 check_columns(table, tuple(obj), where)
                 groups[key_set] = (tuple(obj), [], [])
             last_keys = keys
@@ -148,7 +152,10 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
         check_rows(table, columns, rows, wheres, check_nul)
         for i, name in enumerate(columns):
             if name in json_columns:
-                for row in rows:
-                    row[i] = orjson.dumps(row[i]).decode()
+                for k, row in enumerate(rows):
+                    try:
+                        row[i] = orjson.dumps(row[i]).decode()
+                    except TypeError as exc:  # orjson: nested too deeply, or not JSON at all
+                        raise BodyError(f"value cannot be stored as JSON: {exc}", wheres[k], name) from exc
         out.append(Group(columns, rows))
     return tuple(out)

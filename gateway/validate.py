@@ -18,8 +18,8 @@ timestamp, timestamptz    ISO 8601 date-times, "T" or space, optional offset or 
 time, timetz              ISO 8601 times
 json, jsonb               any JSON value (jsonb: no NUL in strings)
 arrays (type[])           arrays (nested for more dimensions) of the element type
-anything else             strings or numbers; PostgreSQL itself decides (a value it
-                          refuses goes to the dead-letter table with its reason)
+anything else             strings, numbers or booleans; PostgreSQL itself decides (a
+                          value it refuses goes to the dead-letter table with its reason)
 ========================  ==========================================================
 
 null is accepted where the column is nullable. A column that is NOT NULL and
@@ -50,6 +50,9 @@ TIMESTAMP_TYPES = frozenset({"timestamp with time zone", "timestamp without time
 TIME_TYPES = frozenset({"time with time zone", "time without time zone"})
 JSON_TYPES = frozenset({"json", "jsonb"})
 INFINITIES = frozenset({"infinity", "-infinity"})
+
+# PostgreSQL arrays have at most 6 dimensions; walk a little past that so its own error names the limit.
+MAX_ARRAY_DEPTH = 8
 
 _TYPMOD = re.compile(r"\(([^)]*)\)")
 
@@ -143,6 +146,12 @@ def _uuid_check(v: Any) -> str | None:
     return None
 
 
+def _scalar(v: Any) -> str | None:
+    if type(v) is dict or type(v) is list:
+        return f"expected a string or a number, got {json_type(v)}"
+    return None
+
+
 def _has_nul(v: Any) -> bool:
     if type(v) is str:
         return "\x00" in v
@@ -161,6 +170,8 @@ def _array_check(element: Check | None, dims: int) -> Check:
     def walk(v: Any, depth: int) -> str | None:
         if type(v) is not list:
             return f"expected an array, got {json_type(v)}"
+        if depth > MAX_ARRAY_DEPTH:
+            return f"array nested deeper than {MAX_ARRAY_DEPTH} levels (PostgreSQL allows 6 dimensions)"
         for item in v:
             if item is None:
                 continue
@@ -199,7 +210,7 @@ def _scalar_check(name: str, limit: int | None, check_nul: bool) -> Check | None
         return _jsonb_check if check_nul else None
     if name == "json":
         return None
-    return None  # PostgreSQL decides; refusals land in the dead-letter table
+    return _scalar  # PostgreSQL decides; refusals land in the dead-letter table
 
 
 def column_check(col: Column, check_nul: bool) -> Check | None:
