@@ -35,7 +35,9 @@ from gateway.db import Database
 from gateway.journal import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import spec
-from gateway.parsing import MEDIA_TYPES, BodyError, Table, UnknownColumn, parse_rows
+from gateway.errors import BodyError, UnknownColumn
+from gateway.formats import MEDIA_TYPES, Limits, parse_body, read_body
+from gateway.parsing import Table
 from gateway.pipeline import Pipeline
 from gateway.store import JobRecord, JobStore, KeyLocks
 
@@ -48,6 +50,7 @@ PIPELINE = web.AppKey("pipeline", Pipeline)
 JOURNAL = web.AppKey("journal", Journal)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 KEY_LOCKS = web.AppKey("key_locks", KeyLocks)
+LIMITS = web.AppKey("limits", Limits)
 
 # What new_job_id makes; anything else cannot be in the ledger, so it is not looked up.
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -131,6 +134,7 @@ async def ingest(request: web.Request) -> web.Response:
         return json_response(
             {"error": f"unsupported media type {request.content_type!r}; send one of {', '.join(MEDIA_TYPES)}"}, 415
         )
+
     key = request.headers.get("Idempotency-Key")
     if key is None:
         accepted = await _accept(request, name, table, None)
@@ -156,10 +160,11 @@ async def ingest(request: web.Request) -> web.Response:
 async def _accept(request: web.Request, name: str, table: Table, key: str | None) -> JobRecord | web.Response:
     """Parse, check, journal and dispatch one request's rows: the job's record, or the error answer."""
     app = request.app
-    body = await request.read()  # aiohttp answers 413 past gateway.max_body_bytes
+    limits = app[LIMITS]
     try:
+        body = await read_body(request, limits)  # decompressed, and never past gateway.max_body_bytes
         try:
-            groups = parse_rows(body, request.content_type, table)
+            groups = parse_body(body, request.content_type, table, limits)
         except UnknownColumn:
             # A column added since the catalog was read: read it again (rate-limited) and retry once.
             if not await app[DATABASE].refresh_soon():
@@ -167,9 +172,9 @@ async def _accept(request: web.Request, name: str, table: Table, key: str | None
             table = await app[DATABASE].table(name)
             if table is None:
                 return json_response({"error": f"unknown table {name!r}"}, 404)
-            groups = parse_rows(body, request.content_type, table)
-    except BodyError as exc:
-        return json_response(exc.as_json(), 400)
+            groups = parse_body(body, request.content_type, table, limits)
+    except BodyError as exc:  # LimitError (413, 400) and UnsupportedEncoding (415) carry their status
+        return json_response(exc.as_json(), exc.status)
     pipeline = app[PIPELINE]
     reason = pipeline.refusal()
     if reason is not None:
@@ -296,8 +301,12 @@ async def _resources(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(cfg: Config) -> web.Application:
-    app = web.Application(client_max_size=cfg.gateway.max_body_bytes, middlewares=[count_responses])
+    g = cfg.gateway
+    # Bodies are read (and decompressed, within the limit) by gateway.formats.read_body, not by aiohttp.
+    app = web.Application(client_max_size=g.max_body_bytes, middlewares=[count_responses],
+                          handler_args={"auto_decompress": False})
     app[CONFIG] = cfg
+    app[LIMITS] = Limits(g.max_body_bytes, g.max_rows, g.max_depth, g.max_string_bytes)
     app[STORE] = JobStore(cfg.gateway.status_capacity, cfg.gateway.idempotency_ttl_s)
     app[METRICS] = GatewayMetrics()
     app[KEY_LOCKS] = KeyLocks()

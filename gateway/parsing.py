@@ -1,58 +1,28 @@
-"""Request bodies to job groups: pure functions, no I/O.
+"""Row objects to job groups, checked against the table: pure functions, no I/O.
 
-Accepted media types: ``application/json`` (one object or an array of objects)
-and ``application/x-ndjson`` (one object per line, blank lines allowed).
-Errors name where the problem is: ``line N`` (1-based) for NDJSON, ``index N``
-(0-based) for a JSON array, and the column when one is at fault.
+Bodies are decoded into row objects by gateway.formats; this module groups
+them by the columns they name (one COPY per group, so omitted columns take
+their defaults), has gateway.validate check every value, and turns json/jsonb
+values into JSON text. Errors name where the problem is (``line N``, ``index N``)
+and the column.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from common.wire import Group
+from gateway.errors import BodyError, UnknownColumn, json_type
 
-JSON = "application/json"
-NDJSON = "application/x-ndjson"
-MEDIA_TYPES = (JSON, NDJSON)
+__all__ = ["BodyError", "Column", "Table", "UnknownColumn", "json_type", "rows_from_objects", "rows_from_text"]
 
 # PostgreSQL types whose values travel as JSON text (any JSON value is valid for them).
 JSON_TYPES = frozenset({"json", "jsonb"})
-
-
-def json_type(value: Any) -> str:
-    """The JSON name of a parsed value's type, for messages a client can act on."""
-    return _JSON_TYPES.get(type(value), type(value).__name__)
-
-
-_JSON_TYPES = {dict: "object", list: "array", str: "string", int: "number", float: "number", bool: "boolean",
-               type(None): "null"}
-
-
-class BodyError(ValueError):
-    """The body cannot become rows; ``where`` and ``column`` locate the fault for the client."""
-
-    def __init__(self, message: str, where: str | None = None, column: str | None = None) -> None:
-        self.where = where
-        self.column = column
-        super().__init__(f"{where}: {message}" if where else message)
-
-    def as_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"error": str(self)}
-        if self.where:
-            kind, _, number = self.where.partition(" ")
-            out[kind] = int(number)
-        if self.column is not None:
-            out["column"] = self.column
-        return out
-
-
-class UnknownColumn(BodyError):
-    """A row names a column the table does not have (as far as the catalog knows)."""
 
 
 @dataclass(frozen=True)
@@ -75,40 +45,13 @@ class Table:
     name: str
     columns: dict[str, Column]
 
+    @property
+    def exact_numbers(self) -> bool:
+        """Numbers must be read exactly (not as double precision): the table has numeric columns."""
+        return any(c.data_type.startswith("numeric") for c in self.columns.values())
+
     def json_columns(self) -> frozenset[str]:
         return frozenset(c.name for c in self.columns.values() if c.data_type in JSON_TYPES)
-
-
-def _objects_json(body: bytes) -> Iterator[tuple[str, Any]]:
-    if not body.strip():
-        return  # an empty body holds no rows, as an empty NDJSON body does (not "invalid JSON")
-    try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise BodyError(f"not valid JSON: {exc}") from exc
-    if isinstance(doc, dict):
-        yield "index 0", doc
-    elif isinstance(doc, list):
-        for i, item in enumerate(doc):
-            yield f"index {i}", item
-    else:
-        raise BodyError(f"expected a JSON object or an array of objects, got {json_type(doc)}")
-
-
-def _objects_ndjson(body: bytes) -> Iterator[tuple[str, Any]]:
-    for number, line in enumerate(body.split(b"\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"line {number}", orjson.loads(line)
-        except orjson.JSONDecodeError as exc:
-            raise BodyError(f"not valid JSON: {exc}", f"line {number}") from exc
-
-
-def parse_rows(body: bytes, media_type: str, table: Table) -> tuple[Group, ...]:
-    """Parse a JSON or NDJSON body into checked groups of rows (see :func:`rows_from_objects`)."""
-    objects = _objects_json(body) if media_type == JSON else _objects_ndjson(body)
-    return rows_from_objects(objects, table, check_nul=b"\\u0000" in body)
 
 
 def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nul: bool = True) -> tuple[Group, ...]:
@@ -148,14 +91,64 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
     if not groups:
         raise BodyError("the body holds no rows")
     out = []
+    exact = table.exact_numbers
     for columns, rows, wheres in groups.values():
         check_rows(table, columns, rows, wheres, check_nul)
+        if exact:
+            _numbers_as_text(columns, rows, json_columns)
         for i, name in enumerate(columns):
             if name in json_columns:
                 for k, row in enumerate(rows):
                     try:
-                        row[i] = orjson.dumps(row[i]).decode()
+                        row[i] = orjson.dumps(row[i], default=_exact_number).decode()
                     except TypeError as exc:  # orjson: nested too deeply, or not JSON at all
                         raise BodyError(f"value cannot be stored as JSON: {exc}", wheres[k], name) from exc
         out.append(Group(columns, rows))
     return tuple(out)
+
+
+_INT64 = range(-(2**63), 2**63)
+
+
+def _as_text(value: Any) -> Any:
+    if type(value) is Decimal or (type(value) is int and value not in _INT64):
+        return str(value)  # exact; PostgreSQL parses it as the column's type
+    if type(value) is list:
+        return [_as_text(v) for v in value]
+    return value
+
+
+def _numbers_as_text(columns: tuple[str, ...], rows: list[list[Any]], json_columns: frozenset[str]) -> None:
+    """Numbers read exactly (Decimal, integers past 64 bits) travel as their text: msgpack has no such types."""
+    for i, name in enumerate(columns):
+        if name in json_columns:
+            continue
+        for row in rows:
+            v = row[i]
+            if type(v) is Decimal or type(v) is list or (type(v) is int and v not in _INT64):
+                row[i] = _as_text(v)
+
+
+def _exact_number(value: Any) -> Any:
+    """orjson's fallback for Decimal (bodies parsed exactly): json/jsonb keep numbers as double precision."""
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() and abs(value) < 2**63 else float(value)
+    raise TypeError(f"{json_type(value)} values cannot be stored as JSON")
+
+
+def rows_from_text(columns: tuple[str, ...], rows: list[list[str | None]], wheres: list[str], table: Table,
+                   check_nul: bool) -> tuple[Group, ...]:
+    """CSV rows (text or None) to one group: columns and NOT NULL checked here, types by PostgreSQL.
+
+    Every header column is named by every row, so an empty field is NULL, not the column's default.
+    """
+    from gateway.validate import check_columns, check_nulls  # validate imports this module's types
+
+    if not rows:
+        raise BodyError("the body holds no rows")
+    for name in columns:
+        if name not in table.columns:
+            raise UnknownColumn(f"unknown column {name!r} for table {table.name!r}", "line 1", name)
+    check_columns(table, columns, "line 1")
+    check_nulls(table, columns, rows, wheres, check_nul)
+    return (Group(columns, rows),)

@@ -36,7 +36,8 @@ from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from gateway.parsing import BodyError, Column, Table, json_type
+from gateway.errors import BodyError, json_type
+from gateway.parsing import Column, Table
 
 INT_RANGES = {
     "smallint": (-(2**15), 2**15 - 1),
@@ -85,7 +86,7 @@ def _int_check(lo: int, hi: int, name: str) -> Check:
 
 
 def _float_check(v: Any) -> str | None:
-    if type(v) is int or type(v) is float:
+    if type(v) is int or type(v) is float or type(v) is Decimal:
         return None
     if type(v) is str and v in FLOAT_WORDS:
         return None
@@ -231,6 +232,21 @@ def check_columns(table: Table, columns: tuple[str, ...], where: str) -> None:
     for col in table.columns.values():
         if col.name not in named and col.required:
             raise BodyError(f"missing column {col.name!r}, which is NOT NULL and has no default", where, col.name)
+
+
+def check_nulls(table: Table, columns: tuple[str, ...], rows: list[list[Any]], wheres: list[str],
+                check_nul: bool) -> None:
+    """Text rows (CSV): refuse nulls in NOT NULL columns and NUL characters; PostgreSQL parses the rest."""
+    for i, name in enumerate(columns):
+        col = table.columns[name]
+        values = [r[i] for r in rows]
+        if None in values and not col.nullable and not col.identity:
+            k = values.index(None)
+            raise BodyError(f"column {name!r} is NOT NULL, got an empty field", wheres[k], name)
+        if check_nul:
+            for k, v in enumerate(values):
+                if v is not None and "\x00" in v:
+                    raise BodyError("text cannot contain the NUL character", wheres[k], name)
 
 
 def check_rows(table: Table, columns: tuple[str, ...], rows: list[list[Any]], wheres: list[str],

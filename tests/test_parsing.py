@@ -6,7 +6,15 @@ import orjson
 import pytest
 
 from common.wire import Group
-from gateway.parsing import JSON, NDJSON, BodyError, Column, Table, parse_rows
+from gateway.errors import BodyError
+from gateway.formats import JSON, NDJSON, Limits, parse_body
+from gateway.parsing import Column, Table
+
+LIMITS = Limits(max_body_bytes=1 << 20, max_rows=1000, max_depth=32, max_string_bytes=1 << 16)
+
+
+def parse_rows(body: bytes, media_type: str, table: Table):
+    return parse_body(body, media_type, table, LIMITS)
 
 
 def make_table(**types: str) -> Table:
@@ -119,16 +127,16 @@ def body_error(body: bytes, media_type: str) -> BodyError:
 
 # (media type, body, words the message must hold, expected as_json() minus "error")
 REJECTED = {
-    "invalid json": (JSON, b'{"id": 1,', ["not valid JSON"], {}),
-    "invalid json in array": (JSON, b'[{"id": 1}, {"id": }]', ["not valid JSON"], {}),
+    "invalid json": (JSON, b'{"id": 1,', ["line 1", "not valid JSON"], {"line": 1}),
+    "invalid json in array": (JSON, b'[{"id": 1}, {"id": }]', ["line 1", "not valid JSON"], {"line": 1}),
     "invalid ndjson line": (NDJSON, b'{"id": 1}\n{"id": 2\n{"id": 3}', ["line 2", "not valid JSON"], {"line": 2}),
     "invalid ndjson line after blank lines": (
         NDJSON, b'\n\n{"id": 1}\n\n{oops}\n', ["line 5", "not valid JSON"], {"line": 5},
     ),
-    "non-object in array": (JSON, b'[{"id": 1}, {"id": 2}, [3]]', ["index 2", "expected a JSON object", "got array"],
+    "non-object in array": (JSON, b'[{"id": 1}, {"id": 2}, [3]]', ["index 2", "expected an object", "got array"],
                             {"index": 2}),
-    "null in array": (JSON, b'[null]', ["index 0", "expected a JSON object"], {"index": 0}),
-    "non-object ndjson line": (NDJSON, b'{"id": 1}\n\n"text"\n', ["line 3", "expected a JSON object", "got string"],
+    "null in array": (JSON, b'[null]', ["index 0", "expected an object"], {"index": 0}),
+    "non-object ndjson line": (NDJSON, b'{"id": 1}\n\n"text"\n', ["line 3", "expected an object", "got string"],
                                {"line": 3}),
     "unknown column in json object": (JSON, b'{"id": 1, "nmae": "x"}', ["index 0", "'nmae'"],
                                       {"index": 0, "column": "nmae"}),
@@ -142,9 +150,9 @@ REJECTED = {
     "empty json array": (JSON, b"[]", ["no rows"], {}),
     "empty ndjson body": (NDJSON, b"", ["no rows"], {}),
     "blank ndjson body": (NDJSON, b"\n\n  \n", ["no rows"], {}),
-    "top-level number": (JSON, b"42", ["expected a JSON object or an array of objects", "got number"], {}),
-    "top-level string": (JSON, b'"rows"', ["expected a JSON object or an array of objects", "str"], {}),
-    "top-level null": (JSON, b"null", ["expected a JSON object or an array of objects", "got null"], {}),
+    "top-level number": (JSON, b"42", ["expected an object or an array of objects", "got number"], {}),
+    "top-level string": (JSON, b'"rows"', ["expected an object or an array of objects", "str"], {}),
+    "top-level null": (JSON, b"null", ["expected an object or an array of objects", "got null"], {}),
 }
 
 
