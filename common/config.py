@@ -8,7 +8,6 @@ explicitly instead of touching ``os.environ``.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import os
 import tomllib

@@ -31,13 +31,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.config import Config
 from common.wire import Job, JobState, WireError, decode_job, encode_job
+from gateway.catalog import Table
 from gateway.db import Database
+from gateway.errors import BodyError, UnknownColumn
+from gateway.formats import MEDIA_TYPES, Limits, parse_body, read_body
 from gateway.journal import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import spec
-from gateway.errors import BodyError, UnknownColumn
-from gateway.formats import MEDIA_TYPES, Limits, parse_body, read_body
-from gateway.parsing import Table
 from gateway.pipeline import Pipeline
 from gateway.store import JobRecord, JobStore, KeyLocks
 

@@ -16,7 +16,7 @@ import psycopg
 
 from common.schema import ensure_schema
 from common.wire import JobState, RowError
-from gateway.parsing import Column, Table
+from gateway.catalog import Column, Table
 from gateway.store import JobRecord
 
 log = logging.getLogger(__name__)

@@ -10,49 +10,17 @@ and the column.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
 import orjson
 
 from common.wire import Group
+from gateway.catalog import Table
 from gateway.errors import BodyError, UnknownColumn, json_type
+from gateway.validate import check_columns, check_nulls, check_rows
 
-__all__ = ["BodyError", "Column", "Table", "UnknownColumn", "json_type", "rows_from_objects", "rows_from_text"]
-
-# PostgreSQL types whose values travel as JSON text (any JSON value is valid for them).
-JSON_TYPES = frozenset({"json", "jsonb"})
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    data_type: str
-    nullable: bool
-    has_default: bool
-    identity: bool = False
-    generated: bool = False
-
-    @property
-    def required(self) -> bool:
-        """Every row must name it: NOT NULL, and nothing fills it in."""
-        return not (self.nullable or self.has_default or self.identity or self.generated)
-
-
-@dataclass(frozen=True)
-class Table:
-    name: str
-    columns: dict[str, Column]
-
-    @property
-    def exact_numbers(self) -> bool:
-        """Numbers must be read exactly (not as double precision): the table has numeric columns."""
-        return any(c.data_type.startswith("numeric") for c in self.columns.values())
-
-    def json_columns(self) -> frozenset[str]:
-        return frozenset(c.name for c in self.columns.values() if c.data_type in JSON_TYPES)
-
+__all__ = ["rows_from_objects", "rows_from_text"]
 
 def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nul: bool = True) -> tuple[Group, ...]:
     """Objects to groups of rows; objects naming the same columns share a group.
@@ -61,8 +29,6 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
     is sent: the first bad value raises BodyError naming its row and column.
     ``check_nul`` may be False when the caller knows the body holds no NUL.
     """
-    from gateway.validate import check_columns, check_rows  # validate imports this module's types
-
     json_columns = table.json_columns()
     # key set -> (columns in the order first seen, rows, where each row came from)
     groups: dict[frozenset[str], tuple[tuple[str, ...], list[list[Any]], list[str]]] = {}
@@ -142,8 +108,6 @@ def rows_from_text(columns: tuple[str, ...], rows: list[list[str | None]], where
 
     Every header column is named by every row, so an empty field is NULL, not the column's default.
     """
-    from gateway.validate import check_columns, check_nulls  # validate imports this module's types
-
     if not rows:
         raise BodyError("the body holds no rows")
     for name in columns:

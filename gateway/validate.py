@@ -36,8 +36,8 @@ from datetime import date, datetime, time
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
+from gateway.catalog import Column, Table
 from gateway.errors import BodyError, json_type
-from gateway.parsing import Column, Table
 
 INT_RANGES = {
     "smallint": (-(2**15), 2**15 - 1),

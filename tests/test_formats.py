@@ -27,7 +27,7 @@ from gateway.formats import (
     CSV, JSON, MEDIA_TYPES, MSGPACK, MSGPACK_ALIAS, NDJSON, BodyDecoder, LimitError, Limits, UnsupportedEncoding,
     content_coding, csv_rows, csv_table, objects, read_body, status_of,
 )
-from gateway.parsing import BodyError
+from gateway.errors import BodyError
 
 MiB = 1024 * 1024
 LIMITS = Limits(max_body_bytes=MiB, max_rows=100_000, max_depth=32, max_string_bytes=MiB)

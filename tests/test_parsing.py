@@ -8,7 +8,7 @@ import pytest
 from common.wire import Group
 from gateway.errors import BodyError
 from gateway.formats import JSON, NDJSON, Limits, parse_body
-from gateway.parsing import Column, Table
+from gateway.catalog import Column, Table
 
 LIMITS = Limits(max_body_bytes=1 << 20, max_rows=1000, max_depth=32, max_string_bytes=1 << 16)
 

@@ -1,0 +1,37 @@
+"""What the gateway knows of a writable table: its columns, read from PostgreSQL's catalog (gateway.db)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# PostgreSQL types whose values travel as JSON text (any JSON value is valid for them).
+JSON_TYPES = frozenset({"json", "jsonb"})
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    data_type: str
+    nullable: bool
+    has_default: bool
+    identity: bool = False
+    generated: bool = False
+
+    @property
+    def required(self) -> bool:
+        """Every row must name it: NOT NULL, and nothing fills it in."""
+        return not (self.nullable or self.has_default or self.identity or self.generated)
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    columns: dict[str, Column]
+
+    @property
+    def exact_numbers(self) -> bool:
+        """Numbers must be read exactly (not as double precision): the table has numeric columns."""
+        return any(c.data_type.startswith("numeric") for c in self.columns.values())
+
+    def json_columns(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.columns.values() if c.data_type in JSON_TYPES)
