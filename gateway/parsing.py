@@ -9,7 +9,8 @@ and the column.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from operator import itemgetter
 from decimal import Decimal
 from typing import Any
 
@@ -34,8 +35,9 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
     groups: dict[frozenset[str], tuple[tuple[str, ...], list[list[Any]], list[str]]] = {}
     last_keys: Any = None
     last_columns: tuple[str, ...] = ()
-    last_rows: list[list[Any]] = []
+    last_rows: list[Any] = []
     last_wheres: list[str] = []
+    pick: Callable[[dict[str, Any]], Any] = tuple
     for where, obj in objects:
         if not isinstance(obj, dict):
             raise BodyError(f"expected a JSON object, got {json_type(obj)}", where)
@@ -52,7 +54,9 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
                 groups[key_set] = (tuple(obj), [], [])
             last_keys = keys
             last_columns, last_rows, last_wheres = groups[key_set]
-        last_rows.append([obj[c] for c in last_columns])
+            # The row's values in the group's column order, as a tuple, in C; one column gives a bare value.
+            pick = itemgetter(*last_columns) if len(last_columns) > 1 else _one(last_columns[0])
+        last_rows.append(pick(obj))
         last_wheres.append(where)
     if not groups:
         raise BodyError("the body holds no rows")
@@ -60,7 +64,8 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
     exact = table.exact_numbers
     for columns, rows, wheres in groups.values():
         check_rows(table, columns, rows, wheres, check_nul)
-        if exact:
+        if exact or json_columns.intersection(columns):
+            rows[:] = map(list, rows)  # about to be rewritten in place
             _numbers_as_text(columns, rows, json_columns)
         for i, name in enumerate(columns):
             if name in json_columns:
@@ -71,6 +76,10 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
                         raise BodyError(f"value cannot be stored as JSON: {exc}", wheres[k], name) from exc
         out.append(Group(columns, rows))
     return tuple(out)
+
+
+def _one(column: str) -> Callable[[dict[str, Any]], tuple[Any]]:
+    return lambda obj: (obj[column],)
 
 
 _INT64 = range(-(2**63), 2**63)

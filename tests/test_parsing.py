@@ -25,7 +25,7 @@ TABLE = make_table(id="bigint", name="text", score="double precision", ok="boole
 
 
 def groups_of(body: bytes, media_type: str, table: Table = TABLE) -> list[tuple[tuple[str, ...], list[list]]]:
-    return [(g.columns, g.rows) for g in parse_rows(body, media_type, table)]
+    return [(g.columns, [list(r) for r in g.rows]) for g in parse_rows(body, media_type, table)]
 
 
 ACCEPTED = {
@@ -62,12 +62,11 @@ def test_different_key_sets_make_separate_groups(media_type: str) -> None:
         {"id": 5},
     ]
     body = orjson.dumps(objects) if media_type == JSON else b"\n".join(orjson.dumps(o) for o in objects)
-    groups = parse_rows(body, media_type, TABLE)
-    assert groups == (
-        Group(("id", "name"), [[1, "a"], [3, "c"]]),
-        Group(("id",), [[2], [5]]),
-        Group(("id", "score", "ok"), [[4, 0.5, True]]),
-    )
+    assert groups_of(body, media_type) == [
+        (("id", "name"), [[1, "a"], [3, "c"]]),
+        (("id",), [[2], [5]]),
+        (("id", "score", "ok"), [[4, 0.5, True]]),
+    ]
 
 
 @pytest.mark.parametrize("media_type", [JSON, NDJSON])
