@@ -15,6 +15,7 @@ COMMANDS = {
     "sink": ("sink.main", "run one sink: ZeroMQ PULL in, COPY into PostgreSQL, status PUB out"),
     "gen": ("zingest.gen", "write generated rows as NDJSON (gen rides --rows N)"),
     "send": ("zingest.send", "post a NDJSON or JSON file through a gateway and wait for every job"),
+    "replay": ("zingest.replay", "send a table's dead letters back through the gateway once their cause is fixed"),
 }
 
 

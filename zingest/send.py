@@ -335,8 +335,12 @@ async def check_reachable(url: str) -> None:
         await writer.wait_closed()
 
 
-async def post_batch(session: aiohttp.ClientSession, ingest_url: str, batch: Batch, timeout_s: float) -> Result:
+async def post_batch(session: aiohttp.ClientSession, ingest_url: str, batch: Batch, timeout_s: float,
+                     idempotency_key: str | None = None) -> Result:
     """POST one batch until the gateway takes it, rejects it, or ``timeout_s`` runs out."""
+    headers = {"Content-Type": NDJSON_TYPE}
+    if idempotency_key is not None:
+        headers["Idempotency-Key"] = idempotency_key
 
     def result(outcome: Outcome, job_id: str | None = None, error: str | None = None) -> Result:
         return Result(batch.first_line, batch.rows, outcome, job_id, error)
@@ -350,7 +354,7 @@ async def post_batch(session: aiohttp.ClientSession, ingest_url: str, batch: Bat
             async with session.post(
                 ingest_url,
                 data=batch.body,
-                headers={"Content-Type": NDJSON_TYPE},
+                headers=headers,
                 timeout=aiohttp.ClientTimeout(total=remaining),
             ) as resp:
                 status, body, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
@@ -464,7 +468,7 @@ def gateway_url(url: str | None, config_path: str | None) -> str:
     return f"http://{host}:{port}"
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -494,11 +498,11 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--url", help=f"gateway base URL (default {DEFAULT_URL})")
     where.add_argument("--config", metavar="PATH", help="take the gateway address from this config.toml")
     parser.add_argument(
-        "--batch-rows", type=_positive_int, default=DEFAULT_BATCH_ROWS, metavar="N",
+        "--batch-rows", type=positive_int, default=DEFAULT_BATCH_ROWS, metavar="N",
         help=f"rows per POST (default {DEFAULT_BATCH_ROWS})",
     )
     parser.add_argument(
-        "--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY, metavar="C",
+        "--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY, metavar="C",
         help=f"POSTs (and later status requests) in flight (default {DEFAULT_CONCURRENCY})",
     )
     parser.add_argument(
