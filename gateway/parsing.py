@@ -10,8 +10,8 @@ and the column.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from operator import itemgetter
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any
 
 import orjson

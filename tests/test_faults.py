@@ -12,7 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.cluster import Cluster, Load, assert_exactly_once, job_body, make_events_table
+from tests.cluster import (
+    Cluster,
+    Load,
+    assert_exactly_once,
+    job_body,
+    make_events_table,
+)
 from tests.conftest import wait_until
 from zingest.embedded import EmbeddedPostgres
 

@@ -17,17 +17,31 @@ import msgpack
 import orjson
 import psycopg
 import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
-from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
 
-from gateway.formats import (
-    CSV, JSON, MEDIA_TYPES, MSGPACK, MSGPACK_ALIAS, NDJSON, BodyDecoder, LimitError, Limits, UnsupportedEncoding,
-    content_coding, csv_rows, csv_table, objects, read_body, status_of,
-)
 from gateway.errors import BodyError
+from gateway.formats import (
+    CSV,
+    JSON,
+    MEDIA_TYPES,
+    MSGPACK,
+    MSGPACK_ALIAS,
+    NDJSON,
+    BodyDecoder,
+    LimitError,
+    Limits,
+    UnsupportedEncoding,
+    content_coding,
+    csv_rows,
+    csv_table,
+    objects,
+    read_body,
+    status_of,
+)
 
 MiB = 1024 * 1024
 LIMITS = Limits(max_body_bytes=MiB, max_rows=100_000, max_depth=32, max_string_bytes=MiB)

@@ -24,7 +24,6 @@ restart; test_job_read_from_the_ledger_* depend on it.
 from __future__ import annotations
 
 import concurrent.futures
-
 import itertools
 import json
 import os

@@ -5,10 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from common.wire import Group
+from gateway.catalog import Column, Table
 from gateway.errors import BodyError
 from gateway.formats import JSON, NDJSON, Limits, parse_body
-from gateway.catalog import Column, Table
 
 LIMITS = Limits(max_body_bytes=1 << 20, max_rows=1000, max_depth=32, max_string_bytes=1 << 16)
 
