@@ -24,9 +24,6 @@ from psycopg import sql
 # RecursionError: psycopg adapts nested lists recursively; a deep enough value exhausts the stack.
 BAD_DATA_ERRORS = (psycopg.Error, RecursionError)
 
-_COPY_CONTEXT = re.compile(r"COPY [^,]+, line (\d+)(?:, column ([^:]+))?")
-
-
 @dataclass(frozen=True)
 class BadRow:
     position: int  # among the job's rows, 0-based
@@ -37,11 +34,15 @@ class BadRow:
     message: str
 
 
-def copy_line(exc: BaseException) -> tuple[int | None, str | None]:
-    """The 1-based line and the column PostgreSQL blamed in a COPY error, where it said."""
+def copy_line(exc: BaseException, table: str) -> tuple[int | None, str | None]:
+    """The 1-based line and the column PostgreSQL blamed in a COPY error, where it said.
+
+    The context reads ``COPY <table>, line N[, column C: ...]``; the table's own name is matched
+    literally, so a name that itself holds ", line 1" cannot be mistaken for the line.
+    """
     if not isinstance(exc, psycopg.Error) or not exc.diag.context:
         return None, None
-    m = _COPY_CONTEXT.search(exc.diag.context)
+    m = re.search(rf"COPY {re.escape(table)}, line (\d+)(?:, column ([^:]+):)?", exc.diag.context)
     if not m:
         return None, None
     return int(m.group(1)), m.group(2)
@@ -62,46 +63,59 @@ def _statement_error(exc: BaseException) -> bool:
     return state.startswith("42")
 
 
-def copy_isolating(conn: psycopg.Connection, cur: psycopg.Cursor, statement: sql.Composable,
-                   columns: tuple[str, ...], rows: list[list[Any]], offset: int,
-                   is_transient: Any) -> list[BadRow]:
-    """COPY ``rows``, setting aside the ones PostgreSQL refuses; returns those (transient errors raise)."""
+def copy_isolating(conn: psycopg.Connection, cur: psycopg.Cursor, statement: sql.Composable, table: str,
+                   columns: tuple[str, ...], rows: list[Any], offset: int, is_transient: Any) -> list[BadRow]:
+    """COPY ``rows``, setting aside the ones PostgreSQL refuses; returns those (transient errors raise).
+
+    A window moves over the rows: it is copied in a savepoint; on success the window doubles, on a
+    failure the named row is set aside, the rows before it are copied, and the window starts again
+    at one row. Work stays linear in the rows even when every row is refused.
+    """
     bad: list[BadRow] = []
-    ranges = [(0, len(rows))]
-    while ranges:
-        start, end = ranges.pop()
-        if start >= end:
-            continue
+
+    def attempt(start: int, end: int) -> tuple[BaseException | None, int]:
         at = start
         try:
             with conn.transaction():  # a savepoint inside the job's transaction
                 with cur.copy(statement) as copy:
                     for at in range(start, end):
                         copy.write_row(rows[at])
-            continue
+            return None, at
         except BAD_DATA_ERRORS as exc:
             if is_transient(exc, conn):
                 raise
-            failure = exc
+            return exc, at
+
+    def refuse(k: int, failure: BaseException, column: str | None) -> None:
         state = getattr(failure, "sqlstate", None)
-        line, column = copy_line(failure)
-        if _statement_error(failure):
-            for k in range(start, end):
-                bad.append(BadRow(offset + k, columns, rows[k], state, None, error_text(failure)))
-            continue
-        if state is None:  # raised by psycopg while adapting the row being written
-            k = at
-        elif line is not None and 1 <= line <= end - start:
-            k = start + line - 1
-        elif end - start == 1:
-            k = start
-        else:
-            mid = (start + end) // 2
-            ranges += [(mid, end), (start, mid)]
-            continue
         bad.append(BadRow(offset + k, columns, rows[k], state, column, error_text(failure)))
-        ranges += [(k + 1, end), (start, k)]
-    bad.sort(key=lambda b: b.position)
+
+    i, size, n = 0, len(rows), len(rows)
+    while i < n:
+        end = min(n, i + size)
+        failure, at = attempt(i, end)
+        if failure is None:
+            i, size = end, size * 2
+            continue
+        if _statement_error(failure):  # the table or a column is gone: no row can land
+            for k in range(i, n):
+                refuse(k, failure, None)
+            break
+        line, column = copy_line(failure, table)
+        if getattr(failure, "sqlstate", None) is None:  # psycopg could not adapt the row being written
+            k = at
+        elif line is not None and 1 <= line <= end - i:
+            k = i + line - 1
+        elif end - i == 1:
+            k = i
+        else:  # PostgreSQL did not say which row (e.g. a constraint checked at the end): halve
+            size = max(1, (end - i) // 2)
+            continue
+        if k > i and attempt(i, k)[0] is not None:
+            size = max(1, (k - i) // 2)  # the rows before it fail too, for another reason: look closer
+            continue
+        refuse(k, failure, column)
+        i, size = k + 1, 1
     return bad
 
 

@@ -189,10 +189,15 @@ class PgWriter:
                 self._transient(exc)
             log.info("batch of %d jobs refused (%s); writing each job alone, setting refused rows aside",
                      len(jobs), describe(exc))
-        try:
-            results = [self._write_isolating(conn, job) for job in jobs]
-        except BAD_DATA_ERRORS as exc:  # only transient ones get here (isolation handles the rest)
-            self._transient(exc)
+        results = []
+        for job in jobs:
+            try:
+                results.append(self._write_isolating(conn, job))
+            except BAD_DATA_ERRORS as exc:
+                if is_transient(exc, conn):
+                    self._transient(exc)
+                # Isolation could not place the fault on a row: the job fails whole, every row kept.
+                results.append(self._fail_whole(conn, job, exc))
         return WriteResult([s for r in results for s in r.statuses], sum(r.rows_written for r in results),
                            sum(r.duplicates for r in results))
 
@@ -236,6 +241,8 @@ class PgWriter:
     def _write_isolating(self, conn: psycopg.Connection, job: Job) -> WriteResult:
         """One job in its own transaction: land every row PostgreSQL takes, dead-letter the others."""
         with conn.transaction(), conn.cursor() as cur:
+            # Deferred constraints would only fail at COMMIT, past the savepoints: check them per COPY.
+            cur.execute("SET CONSTRAINTS ALL IMMEDIATE")
             cur.execute(_INSERT_LEDGER, ([job.job_id], [job.table], [job.row_count], [job.accepted_at],
                                          [job.idempotency_key]))
             fresh = cur.fetchone()
@@ -244,8 +251,8 @@ class PgWriter:
             bad: list[BadRow] = []
             offset = 0
             for group in job.groups:
-                bad += copy_isolating(conn, cur, copy_statement(job.table, group.columns), group.columns,
-                                      group.rows, offset, is_transient)
+                bad += copy_isolating(conn, cur, copy_statement(job.table, group.columns), job.table,
+                                      group.columns, group.rows, offset, is_transient)
                 offset += len(group.rows)
             if not bad:
                 status = Status(job.job_id, JobState.COMMITTED, job.row_count, fresh[1], rows_committed=job.row_count)
@@ -262,6 +269,29 @@ class PgWriter:
             log.warning("job %s into %s: %s", job.job_id, job.table, error)
             status = Status(job.job_id, state, job.row_count, fresh[1], error, committed, len(bad), errors)
             return WriteResult([status], committed, 0)
+
+    def _fail_whole(self, conn: psycopg.Connection, job: Job, exc: BaseException) -> WriteResult:
+        """Record the job failed, all its rows dead letters; an error here is a bug: let it crash the sink."""
+        log.error("job %s into %s: no row could be placed: %s", job.job_id, job.table, describe(exc))
+        state = getattr(exc, "sqlstate", None)
+        bad, offset = [], 0
+        for group in job.groups:
+            bad += [BadRow(offset + k, group.columns, row, state, None, error_text(exc))
+                    for k, row in enumerate(group.rows)]
+            offset += len(group.rows)
+        error = f"{job.row_count} of {job.row_count} rows refused; {describe(exc)}"
+        errors = tuple(RowError(b.position, None, state, b.message) for b in bad[:MAX_ROW_ERRORS])
+        with conn.transaction(), conn.cursor() as cur:
+            cur.execute(_INSERT_LEDGER, ([job.job_id], [job.table], [job.row_count], [job.accepted_at],
+                                         [job.idempotency_key]))
+            fresh = cur.fetchone()
+            if fresh is None:
+                return WriteResult(recorded_fates(cur, [job]), 0, 1)
+            self._dead_letter(cur, job, bad)
+            cur.execute(_FINISH_LEDGER, (JobState.FAILED.value, 0, len(bad), error,
+                                         Jsonb([_row_error(e) for e in errors], dumps=_dumps), job.job_id))
+        status = Status(job.job_id, JobState.FAILED, job.row_count, fresh[1], error, 0, len(bad), errors)
+        return WriteResult([status], 0, 0)
 
     def _dead_letter(self, cur: psycopg.Cursor, job: Job, bad: list[BadRow]) -> None:
         """Keep each refused row as sent (json/jsonb values back as JSON, not as the text we sent)."""
@@ -287,6 +317,8 @@ class PgWriter:
             except (TypeError, ValueError, RecursionError):  # orjson: nested too deep, or not JSON at all
                 kept = _dumps({k: v if isinstance(v, str | int | float | bool | None) else
                                f"<{type(v).__name__} that JSON cannot hold>" for k, v in row.items()})
+            # jsonb holds no NUL: keep a NUL as the six characters \u0000, so the row can always be kept.
+            kept = kept.replace("\\u0000", "\\\\u0000")
             params.append((job.job_id, job.table, b.position, Jsonb(kept, dumps=lambda text: text), b.sqlstate,
                            b.column, b.message))
         cur.executemany(_INSERT_DEAD, params)

@@ -466,3 +466,42 @@ def test_two_writers_racing_on_many_jobs_land_each_once(two_writers: list[PgWrit
         check_landed_once(join_all(threads, results), job)
     assert rides_ids(rides_dsn) == sorted(10 * n + k for n in range(10) for k in (1, 2))
     assert set(ledger(rides_dsn)) == {j.job_id for j in jobs}
+
+
+def test_a_deferred_constraint_is_isolated_not_retried_forever(writer: PgWriter, rides_dsn: str) -> None:
+    execute(rides_dsn, "CREATE TABLE parents (id int PRIMARY KEY); INSERT INTO parents VALUES (1);"
+                       "CREATE TABLE dchild (id int, parent_id int REFERENCES parents DEFERRABLE INITIALLY DEFERRED)")
+    job = new_job("dchild", Group(("id", "parent_id"), [[1, 1], [2, 999], [3, 1]]))
+    (status,) = writer.write([job]).statuses
+    assert status.state is JobState.PARTIAL and [e.row for e in status.errors] == [1]
+    assert status.errors[0].sqlstate == "23503"
+    assert query(rides_dsn, "SELECT id FROM dchild ORDER BY id") == [(1,), (3,)]
+
+
+def test_a_nul_in_a_type_psycopg_refuses_is_still_kept_as_a_dead_letter(writer: PgWriter, rides_dsn: str) -> None:
+    execute(rides_dsn, "CREATE TABLE hosts (id int, ip inet)")
+    job = new_job("hosts", Group(("id", "ip"), [[1, "10.0.0.1"], [2, "1.2.3.4\x00"]]))
+    (status,) = writer.write([job]).statuses
+    assert status.state is JobState.PARTIAL and status.rows_rejected == 1
+    (kept,) = query(rides_dsn, 'SELECT "row" FROM zingest.dead_letters')
+    assert kept[0] == {"id": 2, "ip": "1.2.3.4\\u0000"}  # the NUL kept as the text \u0000
+
+
+def test_a_table_name_that_looks_like_copy_context_does_not_mislead(writer: PgWriter, rides_dsn: str) -> None:
+    execute(rides_dsn, 'CREATE TABLE "a, line 1" (id int, qty int CHECK (qty >= 0))')
+    job = new_job("a, line 1", Group(("id", "qty"), [[0, 1], [1, 1], [2, 1], [3, -1], [4, 1]]))
+    (status,) = writer.write([job]).statuses
+    assert status.state is JobState.PARTIAL and [e.row for e in status.errors] == [3]
+    assert query(rides_dsn, 'SELECT id FROM "a, line 1" ORDER BY id') == [(0,), (1,), (2,), (4,)]
+
+
+def test_a_job_whose_every_row_is_refused_keeps_every_row(writer: PgWriter, rides_dsn: str) -> None:
+    # The case of a file sent twice: every row refused. The window restarts at one row after each
+    # refusal, so this costs one COPY per row rather than one per remaining row for each refusal.
+    execute(rides_dsn, "CREATE TABLE checked (id int, qty int CHECK (qty >= 0))")
+    job = new_job("checked", Group(("id", "qty"), [[i, -1] for i in range(3000)]))
+    (status,) = writer.write([job]).statuses
+    assert status.state is JobState.FAILED and status.rows_rejected == 3000
+    assert [d[0] for d in query(rides_dsn, "SELECT row_number FROM zingest.dead_letters ORDER BY 1")] == list(
+        range(3000))
+    assert query(rides_dsn, "SELECT count(*) FROM checked") == [(0,)]
