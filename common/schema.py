@@ -13,6 +13,10 @@ import psycopg
 
 # Any constant: serialises concurrent schema set-up by several sinks and gateways.
 _SETUP_LOCK = 0x7A696E67
+# Bumped whenever the DDL below changes; recorded as the schema's comment.
+SCHEMA_VERSION = 3
+_MARK = f"zingest schema {SCHEMA_VERSION}"
+_CURRENT = "SELECT obj_description(oid, 'pg_namespace') FROM pg_namespace WHERE nspname = 'zingest'"
 
 LEDGER_DDL = """
 CREATE SCHEMA IF NOT EXISTS zingest;
@@ -54,7 +58,22 @@ CREATE UNIQUE INDEX IF NOT EXISTS ledger_idempotency_key
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:
-    """Create zingest's own schema and tables if they are missing (safe to race)."""
+    """Create or upgrade zingest's own schema and tables (safe to race).
+
+    Runs the DDL only when the schema is missing or older: the ALTERs take an
+    exclusive lock on the ledger, which must not queue behind (and stall) the
+    sinks' open transactions every time a process starts or reconnects.
+    """
+    if _is_current(conn):
+        return
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SETUP_LOCK,))
+        if _is_current(conn):
+            return
         conn.execute(LEDGER_DDL)
+        conn.execute(f"COMMENT ON SCHEMA zingest IS '{_MARK}'")
+
+
+def _is_current(conn: psycopg.Connection) -> bool:
+    row = conn.execute(_CURRENT).fetchone()
+    return row is not None and row[0] == _MARK

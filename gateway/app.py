@@ -15,6 +15,7 @@ pipeline are paired in ``cleanup_ctx``; their state is typed with ``web.AppKey``
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -24,6 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+import aiohttp
 import orjson
 import psycopg
 from aiohttp import web
@@ -33,7 +35,7 @@ from common.config import Config
 from common.wire import Job, JobState, WireError, decode_job, encode_job
 from gateway.catalog import Table
 from gateway.db import Database
-from gateway.errors import BodyError, UnknownColumn
+from gateway.errors import BodyError
 from gateway.formats import MEDIA_TYPES, Limits, parse_body, read_body
 from gateway.journal import Journal
 from gateway.metrics import GatewayMetrics
@@ -136,11 +138,21 @@ async def ingest(request: web.Request) -> web.Response:
         )
 
     key = request.headers.get("Idempotency-Key")
+    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LEN and key.isascii() and key.isprintable()):
+        return json_response({"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable "
+                                       "ASCII characters"}, 400)
+    limits = app[LIMITS]
+    try:
+        # Read the whole body first, outside any key's lock: a slow upload must not hold up a retry.
+        body = await read_body(request, limits)  # decompressed, and never past gateway.max_body_bytes
+    except BodyError as exc:  # LimitError (413, 400) and UnsupportedEncoding (415) carry their status
+        return json_response(exc.as_json(), exc.status)
+    except (ConnectionResetError, asyncio.CancelledError, aiohttp.ClientConnectionResetError):
+        log.debug("client left before its body was read; nothing was accepted")
+        raise
     if key is None:
-        accepted = await _accept(request, name, table, None)
+        accepted = await _accept(request, name, table, None, body)
         return accepted if isinstance(accepted, web.Response) else await _answer_job(request, accepted)
-    if not key or len(key) > MAX_IDEMPOTENCY_KEY_LEN:
-        return json_response({"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} characters"}, 400)
     # One request per (table, key) at a time: a concurrent retry waits, then finds the first job.
     async with app[KEY_LOCKS].hold((name, key)):
         try:
@@ -148,7 +160,7 @@ async def ingest(request: web.Request) -> web.Response:
         except psycopg.OperationalError:
             earlier = None  # the ledger's unique (table, key) index still stops a second landing
         if earlier is None:
-            accepted = await _accept(request, name, table, key)
+            accepted = await _accept(request, name, table, key, body)
             if isinstance(accepted, web.Response):
                 return accepted
     if earlier is not None:
@@ -157,23 +169,23 @@ async def ingest(request: web.Request) -> web.Response:
     return await _answer_job(request, accepted)  # ?wait=true waits outside the key's lock
 
 
-async def _accept(request: web.Request, name: str, table: Table, key: str | None) -> JobRecord | web.Response:
+async def _accept(request: web.Request, name: str, table: Table, key: str | None,
+                  body: bytes) -> JobRecord | web.Response:
     """Parse, check, journal and dispatch one request's rows: the job's record, or the error answer."""
     app = request.app
     limits = app[LIMITS]
     try:
-        body = await read_body(request, limits)  # decompressed, and never past gateway.max_body_bytes
         try:
             groups = parse_body(body, request.content_type, table, limits)
-        except UnknownColumn:
-            # A column added since the catalog was read: read it again (rate-limited) and retry once.
-            if not await app[DATABASE].refresh_soon():
+        except BodyError as exc:
+            # A column added or retyped since the catalog was read: read it again (rate-limited), retry once.
+            if exc.column is None or not await app[DATABASE].refresh_soon():
                 raise
             table = await app[DATABASE].table(name)
             if table is None:
                 return json_response({"error": f"unknown table {name!r}"}, 404)
             groups = parse_body(body, request.content_type, table, limits)
-    except BodyError as exc:  # LimitError (413, 400) and UnsupportedEncoding (415) carry their status
+    except BodyError as exc:
         return json_response(exc.as_json(), exc.status)
     pipeline = app[PIPELINE]
     reason = pipeline.refusal()

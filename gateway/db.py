@@ -24,12 +24,17 @@ log = logging.getLogger(__name__)
 # A request for an unknown table re-reads the catalog at most this often (seconds).
 REFRESH_MIN_S = 1.0
 
+# A column of a domain type is checked as the domain's base type (its own constraints are PostgreSQL's).
 _CATALOG = """
-SELECT c.relname, a.attname, format_type(a.atttypid, a.atttypmod), NOT a.attnotnull,
-       a.atthasdef, a.attidentity <> '', a.attgenerated <> ''
+SELECT c.relname, a.attname,
+       CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod)
+            ELSE format_type(a.atttypid, a.atttypmod) END,
+       NOT a.attnotnull AND NOT (t.typtype = 'd' AND t.typnotnull),
+       a.atthasdef OR (t.typtype = 'd' AND t.typdefault IS NOT NULL), a.attidentity <> '', a.attgenerated <> ''
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+  JOIN pg_type t ON t.oid = a.atttypid
  WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p')
  ORDER BY c.relname, a.attnum
 """

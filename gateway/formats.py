@@ -145,7 +145,14 @@ def _exact_loads(data: bytes) -> Any:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError("not valid UTF-8", "", 0) from exc
-    return json.loads(text, parse_float=Decimal, parse_constant=_no_constants)
+    try:
+        return json.loads(text, parse_float=Decimal, parse_constant=_no_constants)
+    except json.JSONDecodeError:
+        raise
+    except RecursionError as exc:  # deeper than the parser's stack: the depth limit would refuse it anyway
+        raise json.JSONDecodeError("nested too deeply", text, 0) from exc
+    except ValueError as exc:  # e.g. an integer of more digits than Python converts
+        raise json.JSONDecodeError(str(exc), text, 0) from exc
 
 
 def _json_objects(body: bytes, limits: Limits, loads: Callable[[bytes], Any]) -> Iterator[tuple[str, Any]]:

@@ -9,6 +9,7 @@ and the column.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 from decimal import Decimal
 from operator import itemgetter
@@ -70,6 +71,8 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
         for i, name in enumerate(columns):
             if name in json_columns:
                 for k, row in enumerate(rows):
+                    if row[i] is None:
+                        continue  # JSON null in a json column is SQL NULL, as in every other column
                     try:
                         row[i] = orjson.dumps(row[i], default=_exact_number).decode()
                     except TypeError as exc:  # orjson: nested too deeply, or not JSON at all
@@ -107,7 +110,12 @@ def _numbers_as_text(columns: tuple[str, ...], rows: list[list[Any]], json_colum
 def _exact_number(value: Any) -> Any:
     """orjson's fallback for Decimal (bodies parsed exactly): json/jsonb keep numbers as double precision."""
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and abs(value) < 2**63 else float(value)
+        if value == value.to_integral_value() and abs(value) < 2**63:
+            return int(value)
+        f = float(value)
+        if math.isfinite(f):
+            return f
+        raise TypeError(f"the number {value} does not fit a double precision value")
     raise TypeError(f"{json_type(value)} values cannot be stored as JSON")
 
 

@@ -6,14 +6,15 @@ naming the row and the column) when it cannot be the column's type:
 ========================  ==========================================================
 column type               accepted JSON / msgpack values
 ========================  ==========================================================
-smallint, integer, bigint integers within the type's range
-real, double precision    numbers; the strings "NaN", "Infinity", "-Infinity"
+smallint, integer, bigint integers within the type's range (or their text, "42")
+real, double precision    numbers; numeric strings, also "NaN", "Infinity", "-Infinity"
 numeric                   numbers; numeric strings (exact: "12345678901234567890.5")
-boolean                   true / false
+boolean                   true / false (or PostgreSQL's words: "t", "false", "yes", ...)
 text, varchar(n), char(n) strings (at most n characters), without NUL
 uuid                      strings in any form PostgreSQL reads as a uuid
 date                      ISO 8601 dates "2013-01-31"; "infinity", "-infinity"
-timestamp, timestamptz    ISO 8601 date-times, "T" or space, optional offset or "Z";
+timestamp, timestamptz    ISO 8601 date-times YYYY-MM-DD[Thh:mm[:ss[.ffffff]]], "T" or
+                          space, optional offset (+hh[:mm[:ss]], +hhmm) or "Z";
                           a timestamptz value without an offset is UTC
 time, timetz              ISO 8601 times
 json, jsonb               any JSON value (jsonb: no NUL in strings)
@@ -75,12 +76,21 @@ def base_type(data_type: str) -> tuple[str, int | None, int]:
     return data_type, limit, dims
 
 
+# Strings PostgreSQL reads as the type: accepted too (CSV rows and dead letters hold text).
+_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
+_BOOL_TEXT = frozenset({"t", "f", "true", "false", "yes", "no", "on", "off", "1", "0", "y", "n"})
+
+
 def _int_check(lo: int, hi: int, name: str) -> Check:
     def check(v: Any) -> str | None:
+        if type(v) is str and _INT_TEXT.fullmatch(v):
+            v = int(v)
         if type(v) is int:
             return None if lo <= v <= hi else f"{v} is out of range for {name}"
         if type(v) is float and v.is_integer():
             return f"expected an integer, got {v!r}"
+        if type(v) is str:
+            return f"expected an integer, got the string {v[:40]!r}"
         return f"expected an integer, got {json_type(v)}"
     return check
 
@@ -88,7 +98,11 @@ def _int_check(lo: int, hi: int, name: str) -> Check:
 def _float_check(v: Any) -> str | None:
     if type(v) is int or type(v) is float or type(v) is Decimal:
         return None
-    if type(v) is str and v in FLOAT_WORDS:
+    if type(v) is str:
+        try:
+            float(v)  # also "NaN", "Infinity", "-inf": as PostgreSQL reads them
+        except ValueError:
+            return f"expected a number, got the string {v[:40]!r}"
         return None
     return f"expected a number, got {json_type(v)}"
 
@@ -108,7 +122,9 @@ def _numeric_check(v: Any) -> str | None:
 
 
 def _bool_check(v: Any) -> str | None:
-    return None if type(v) is bool else f"expected true or false, got {json_type(v)}"
+    if type(v) is bool or (type(v) is str and v.strip().lower() in _BOOL_TEXT):
+        return None
+    return f"expected true or false, got {json_type(v)}"
 
 
 def _text_check(limit: int | None, check_nul: bool) -> Check:
@@ -123,16 +139,29 @@ def _text_check(limit: int | None, check_nul: bool) -> Check:
     return check
 
 
-def _parsed_by(parse: Callable[[str], Any], what: str, infinities: bool) -> Check:
+# The ISO 8601 forms both Python and PostgreSQL read alike (no week dates, no basic format).
+_DATE = r"\d{4}-\d{2}-\d{2}"
+_TIME = r"\d{2}:\d{2}(?::\d{2}(?:\.\d{1,6})?)?"
+_OFFSET = r"(?:Z|[+-]\d{2}(?::?\d{2}(?::\d{2})?)?)?"
+ISO_FORMS = {
+    "date": re.compile(_DATE),
+    "timestamp": re.compile(rf"{_DATE}(?:[T ]{_TIME}{_OFFSET})?"),
+    "time": re.compile(rf"{_TIME}{_OFFSET}"),
+}
+
+
+def _parsed_by(parse: Callable[[str], Any], what: str, infinities: bool, form: re.Pattern[str]) -> Check:
     def check(v: Any) -> str | None:
         if type(v) is not str:
             return f"expected {what} as a string, got {json_type(v)}"
         if infinities and v.lower() in INFINITIES:
             return None
+        if not form.fullmatch(v):
+            return f"{v[:60]!r} is not {what}"
         try:
             parse(v)
         except ValueError:
-            return f"{v!r} is not {what}"
+            return f"{v[:60]!r} is not {what}"
         return None
     return check
 
@@ -163,8 +192,25 @@ def _has_nul(v: Any) -> bool:
     return False
 
 
+def _not_finite(v: Any) -> bool:
+    if type(v) is float:
+        return not math.isfinite(v)
+    if type(v) is dict:
+        return any(_not_finite(x) for x in v.values())
+    if type(v) is list:
+        return any(_not_finite(x) for x in v)
+    return False
+
+
+def _json_check(v: Any) -> str | None:
+    # msgpack can carry NaN and infinities; JSON cannot, so they would land as null.
+    return "JSON has no NaN or Infinity" if _not_finite(v) else None
+
+
 def _jsonb_check(v: Any) -> str | None:
-    return "jsonb cannot hold the NUL character (\\u0000)" if _has_nul(v) else None
+    if _has_nul(v):
+        return "jsonb cannot hold the NUL character (\\u0000)"
+    return _json_check(v)
 
 
 def _array_check(element: Check | None, dims: int) -> Check:
@@ -202,15 +248,15 @@ def _scalar_check(name: str, limit: int | None, check_nul: bool) -> Check | None
     if name == "uuid":
         return _uuid_check
     if name == "date":
-        return _parsed_by(date.fromisoformat, "an ISO 8601 date", infinities=True)
+        return _parsed_by(date.fromisoformat, "an ISO 8601 date", True, ISO_FORMS["date"])
     if name in TIMESTAMP_TYPES:
-        return _parsed_by(datetime.fromisoformat, "an ISO 8601 date-time", infinities=True)
+        return _parsed_by(datetime.fromisoformat, "an ISO 8601 date-time", True, ISO_FORMS["timestamp"])
     if name in TIME_TYPES:
-        return _parsed_by(time.fromisoformat, "an ISO 8601 time", infinities=False)
+        return _parsed_by(time.fromisoformat, "an ISO 8601 time", False, ISO_FORMS["time"])
     if name == "jsonb":
-        return _jsonb_check if check_nul else None
+        return _jsonb_check if check_nul else _json_check
     if name == "json":
-        return None
+        return _json_check
     return _scalar  # PostgreSQL decides; refusals land in the dead-letter table
 
 
@@ -247,12 +293,16 @@ def check_nulls(table: Table, columns: tuple[str, ...], rows: list[list[Any]], w
             for k, v in enumerate(values):
                 if v is not None and "\x00" in v:
                     raise BodyError("text cannot contain the NUL character", wheres[k], name)
+        if base_type(col.data_type)[0] == "jsonb":
+            for k, v in enumerate(values):
+                if v is not None and "\\u0000" in v:
+                    raise BodyError("jsonb cannot hold the NUL character (\\u0000)", wheres[k], name)
 
 
 _NONE = type(None)
-_PARSERS = {"date": date.fromisoformat, "time with time zone": time.fromisoformat,
-            "time without time zone": time.fromisoformat}
-_PARSERS.update(dict.fromkeys(TIMESTAMP_TYPES, datetime.fromisoformat))
+_PARSERS = {"date": (date.fromisoformat, "date"), "time with time zone": (time.fromisoformat, "time"),
+            "time without time zone": (time.fromisoformat, "time")}
+_PARSERS.update(dict.fromkeys(TIMESTAMP_TYPES, (datetime.fromisoformat, "timestamp")))
 
 
 def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
@@ -282,17 +332,21 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
         if types != {str} or check_nul:
             return False
         return limit is None or max(len(v) for v in values if v is not None) <= limit
-    parse = _PARSERS.get(name)
-    if parse is not None:
+    parser = _PARSERS.get(name)
+    if parser is not None:
         if types != {str}:
             return False
+        parse, form = parser
+        strs = [v for v in values if v is not None]
+        if not all(map(ISO_FORMS[form].fullmatch, strs)):
+            return False
         try:
-            list(map(parse, [v for v in values if v is not None]))
+            list(map(parse, strs))
         except ValueError:
             return False  # maybe "infinity", maybe bad: the slow path decides
         return True
     if name in JSON_TYPES:
-        return name == "json" or not check_nul
+        return float not in types and (name == "json" or not check_nul)  # floats: NaN and inf need a look
     return False
 
 
