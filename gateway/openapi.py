@@ -17,6 +17,7 @@ _ERROR = {
         "line": {"type": "integer", "description": "NDJSON or CSV line (from 1) at fault"},
         "index": {"type": "integer", "description": "position (from 0) in a JSON or msgpack array at fault"},
         "column": {"type": "string", "description": "column at fault"},
+        "limit": {"type": "string", "description": "the gateway.max_* setting a 413 or 400 is about"},
     },
 }
 
@@ -80,8 +81,14 @@ def _error(description: str, retry_after: bool = False) -> dict[str, Any]:
     return out
 
 
-def _json(ref: str, description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+def _json(ref: str, description: str, replayed: bool = False) -> dict[str, Any]:
+    out: dict[str, Any] = {"description": description, "content": {"application/json": {"schema": {"$ref": ref}}}}
+    if replayed:
+        out["headers"] = {"Idempotent-Replayed": {
+            "schema": {"type": "string", "enum": ["true"]},
+            "description": "present when the answer is the job an earlier request with this Idempotency-Key created",
+        }}
+    return out
 
 
 def spec(media_types: tuple[str, ...]) -> dict[str, Any]:
@@ -113,12 +120,13 @@ def spec(media_types: tuple[str, ...]) -> dict[str, Any]:
                          "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                          "description": "a retry with the same key returns the first job"},
                         {"name": "Content-Encoding", "in": "header", "required": False,
-                         "schema": {"type": "string", "enum": ["identity", "gzip", "deflate"]}},
+                         "schema": {"type": "string"},
+                         "description": "identity, gzip (or x-gzip) or deflate; anything else is 415"},
                     ],
                     "requestBody": {"required": True, "content": bodies},
                     "responses": {
-                        "200": _json("#/components/schemas/Job", "?wait=true: the job, final"),
-                        "202": _json("#/components/schemas/Accepted", "accepted as a job"),
+                        "200": _json("#/components/schemas/Job", "?wait=true: the job, final", replayed=True),
+                        "202": _json("#/components/schemas/Accepted", "accepted as a job", replayed=True),
                         "400": _error("a row, a value or the body is not acceptable; names where"),
                         "404": _error("no such table (or not in gateway.tables)"),
                         "413": _error("body or row count over its limit"),
