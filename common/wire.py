@@ -7,12 +7,14 @@ Job frame, gateway PUSH -> sink PULL::
 
     [1, "J", job_id: str, table: str, accepted_at: float (unix seconds),
      idempotency_key: str | nil,
-     groups: [[columns: [str, ...], rows: [[value, ...], ...]], ...]]
+     groups: [[columns: [str, ...], rows: [[value, ...], ...], (positions: [int, ...])], ...]]
 
   A job is one request's rows. Rows are arrays; the column names are sent once
   per group. A request whose objects do not all name the same columns becomes
   several groups, so each COPY names exactly the columns given and PostgreSQL
-  fills the others with their defaults. Values are msgpack nil, bool, int,
+  fills the others with their defaults; such groups also carry each row's
+  position (from 0) in the request, so a refused row is reported where the
+  client sent it. Values are msgpack nil, bool, int,
   float and str (json/jsonb values are already serialised to JSON text).
   ``idempotency_key`` is the client's Idempotency-Key header, if it sent one;
   the ledger keeps it unique per table.
@@ -71,6 +73,11 @@ Row = list[Any]
 class Group:
     columns: tuple[str, ...]
     rows: list[Row]
+    # Each row's position among the request's rows; None when the group holds them all, in order.
+    positions: list[int] | None = None
+
+    def position(self, k: int, offset: int) -> int:
+        return self.positions[k] if self.positions is not None else offset + k
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +118,8 @@ _packer = msgpack.Packer(use_bin_type=True)
 
 def encode_job(job: Job) -> bytes:
     """The job's frame; WireError if a value cannot be packed (e.g. nested deeper than msgpack allows)."""
-    groups = [[list(g.columns), g.rows] for g in job.groups]
+    groups = [[list(g.columns), g.rows] if g.positions is None else [list(g.columns), g.rows, g.positions]
+              for g in job.groups]
     try:
         return _packer.pack([VERSION, KIND_JOB, job.job_id, job.table, job.accepted_at, job.idempotency_key, groups])
     except (ValueError, TypeError, OverflowError) as exc:
@@ -137,14 +145,21 @@ def decode_job(frame: bytes) -> Job:
     try:
         _, _, job_id, table, accepted_at, key, raw_groups = msg
         groups = []
-        for columns, rows in raw_groups:
+        for raw in raw_groups:
+            if not isinstance(raw, list) or len(raw) not in (2, 3):
+                raise TypeError("a group is [columns, rows] or [columns, rows, positions]")
+            columns, rows = raw[0], raw[1]
             # A str is iterable too: without the list check "ab" would decode as columns ("a", "b").
             if not (isinstance(columns, list) and all(isinstance(c, str) for c in columns) and isinstance(rows, list)):
                 raise TypeError("group columns must be a list of strings and rows a list")
             width = len(columns)
             if any(not isinstance(r, list) or len(r) != width for r in rows):
                 raise TypeError("every row must be an array as wide as the group's columns")
-            groups.append(Group(tuple(columns), rows))
+            positions = raw[2] if len(raw) == 3 else None
+            if positions is not None and (not isinstance(positions, list) or len(positions) != len(rows)
+                                          or not all(type(p) is int for p in positions)):
+                raise TypeError("group positions must be one integer per row")
+            groups.append(Group(tuple(columns), rows, positions))
         if not isinstance(job_id, str) or not isinstance(table, str):
             raise TypeError("job id and table must be strings")
         if key is not None and not isinstance(key, str):

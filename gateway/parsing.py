@@ -33,13 +33,14 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
     """
     json_columns = table.json_columns()
     # key set -> (columns in the order first seen, rows, where each row came from)
-    groups: dict[frozenset[str], tuple[tuple[str, ...], list[list[Any]], list[str]]] = {}
+    groups: dict[frozenset[str], tuple[tuple[str, ...], list[Any], list[str], list[int]]] = {}
     last_keys: Any = None
     last_columns: tuple[str, ...] = ()
     last_rows: list[Any] = []
     last_wheres: list[str] = []
+    last_positions: list[int] = []
     pick: Callable[[dict[str, Any]], Any] = tuple
-    for where, obj in objects:
+    for position, (where, obj) in enumerate(objects):
         if not isinstance(obj, dict):
             raise BodyError(f"expected a JSON object, got {json_type(obj)}", where)
         keys = obj.keys()
@@ -52,18 +53,20 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
                     if name not in table.columns:
                         raise UnknownColumn(f"unknown column {name!r} for table {table.name!r}", where, name)
                 check_columns(table, tuple(obj), where)
-                groups[key_set] = (tuple(obj), [], [])
+                groups[key_set] = (tuple(obj), [], [], [])
             last_keys = keys
-            last_columns, last_rows, last_wheres = groups[key_set]
+            last_columns, last_rows, last_wheres, last_positions = groups[key_set]
             # The row's values in the group's column order, as a tuple, in C; one column gives a bare value.
             pick = itemgetter(*last_columns) if len(last_columns) > 1 else _one(last_columns[0])
         last_rows.append(pick(obj))
         last_wheres.append(where)
+        last_positions.append(position)
     if not groups:
         raise BodyError("the body holds no rows")
     out = []
     exact = table.exact_numbers
-    for columns, rows, wheres in groups.values():
+    several = len(groups) > 1  # then each row carries its position in the request
+    for columns, rows, wheres, positions in groups.values():
         check_rows(table, columns, rows, wheres, check_nul)
         if exact or json_columns.intersection(columns):
             rows[:] = map(list, rows)  # about to be rewritten in place
@@ -77,7 +80,7 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
                         row[i] = orjson.dumps(row[i], default=_exact_number).decode()
                     except TypeError as exc:  # orjson: nested too deeply, or not JSON at all
                         raise BodyError(f"value cannot be stored as JSON: {exc}", wheres[k], name) from exc
-        out.append(Group(columns, rows))
+        out.append(Group(columns, rows, positions if several else None))
     return tuple(out)
 
 

@@ -20,6 +20,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from common.wire import Group
+
 # Errors that mean "this data cannot be written", besides PostgreSQL's own.
 # RecursionError: psycopg adapts nested lists recursively; a deep enough value exhausts the stack.
 BAD_DATA_ERRORS = (psycopg.Error, RecursionError)
@@ -64,7 +66,7 @@ def _statement_error(exc: BaseException) -> bool:
 
 
 def copy_isolating(conn: psycopg.Connection, cur: psycopg.Cursor, statement: sql.Composable, table: str,
-                   columns: tuple[str, ...], rows: list[Any], offset: int, is_transient: Any) -> list[BadRow]:
+                   group: Group, offset: int, is_transient: Any) -> list[BadRow]:
     """COPY ``rows``, setting aside the ones PostgreSQL refuses; returns those (transient errors raise).
 
     A window moves over the rows: it is copied in a savepoint; on success the window doubles, on a
@@ -72,6 +74,7 @@ def copy_isolating(conn: psycopg.Connection, cur: psycopg.Cursor, statement: sql
     at one row. Work stays linear in the rows even when every row is refused.
     """
     bad: list[BadRow] = []
+    columns, rows = group.columns, group.rows
 
     def attempt(start: int, end: int) -> tuple[BaseException | None, int]:
         at = start
@@ -88,7 +91,7 @@ def copy_isolating(conn: psycopg.Connection, cur: psycopg.Cursor, statement: sql
 
     def refuse(k: int, failure: BaseException, column: str | None) -> None:
         state = getattr(failure, "sqlstate", None)
-        bad.append(BadRow(offset + k, columns, rows[k], state, column, error_text(failure)))
+        bad.append(BadRow(group.position(k, offset), columns, rows[k], state, column, error_text(failure)))
 
     i, size, n = 0, len(rows), len(rows)
     while i < n:

@@ -251,12 +251,13 @@ class PgWriter:
             bad: list[BadRow] = []
             offset = 0
             for group in job.groups:
-                bad += copy_isolating(conn, cur, copy_statement(job.table, group.columns), job.table,
-                                      group.columns, group.rows, offset, is_transient)
+                bad += copy_isolating(conn, cur, copy_statement(job.table, group.columns), job.table, group, offset,
+                                      is_transient)
                 offset += len(group.rows)
             if not bad:
                 status = Status(job.job_id, JobState.COMMITTED, job.row_count, fresh[1], rows_committed=job.row_count)
                 return WriteResult([status], job.row_count, 0)
+            bad.sort(key=lambda b: b.position)
             self._dead_letter(cur, job, bad)
             committed = job.row_count - len(bad)
             state = JobState.PARTIAL if committed else JobState.FAILED
@@ -276,9 +277,10 @@ class PgWriter:
         state = getattr(exc, "sqlstate", None)
         bad, offset = [], 0
         for group in job.groups:
-            bad += [BadRow(offset + k, group.columns, row, state, None, error_text(exc))
+            bad += [BadRow(group.position(k, offset), group.columns, row, state, None, error_text(exc))
                     for k, row in enumerate(group.rows)]
             offset += len(group.rows)
+        bad.sort(key=lambda b: b.position)
         error = f"{job.row_count} of {job.row_count} rows refused; {describe(exc)}"
         errors = tuple(RowError(b.position, None, state, b.message) for b in bad[:MAX_ROW_ERRORS])
         with conn.transaction(), conn.cursor() as cur:

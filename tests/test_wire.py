@@ -103,6 +103,14 @@ GOLDEN_STATUSES_HEX = (
 )
 
 
+def test_groups_with_positions_round_trip() -> None:
+    job = Job("j", "t", 1.0, (Group(("a",), [[1], [3]], positions=[0, 2]), Group(("b",), [[2]], positions=[1])))
+    assert decode_job(encode_job(job)) == job
+    bad = pack([1, KIND_JOB, "j", "t", 1.0, None, [[["a"], [[1], [2]], [0]]]])
+    with pytest.raises(WireError):
+        decode_job(bad)  # one position per row
+
+
 def test_golden_job_bytes() -> None:
     assert VERSION == 1
     assert encode_job(GOLDEN_JOB).hex() == GOLDEN_JOB_HEX

@@ -505,3 +505,14 @@ def test_a_job_whose_every_row_is_refused_keeps_every_row(writer: PgWriter, ride
     assert [d[0] for d in query(rides_dsn, "SELECT row_number FROM zingest.dead_letters ORDER BY 1")] == list(
         range(3000))
     assert query(rides_dsn, "SELECT count(*) FROM checked") == [(0,)]
+
+
+def test_refused_rows_are_reported_where_the_client_sent_them(writer: PgWriter, rides_dsn: str) -> None:
+    # Objects naming different columns become groups; positions map each row back to the request.
+    execute(rides_dsn, "CREATE TABLE mixed (id int, qty int CHECK (qty >= 0), note text)")
+    job = new_job("mixed",
+                  Group(("id", "qty"), [[0, 1], [2, -1], [4, 1]], positions=[0, 2, 4]),
+                  Group(("id", "qty", "note"), [[1, -1, "a"], [3, 1, "b"]], positions=[1, 3]))
+    (status,) = writer.write([job]).statuses
+    assert [e.row for e in status.errors] == [1, 2]
+    assert [d[0] for d in query(rides_dsn, "SELECT row_number FROM zingest.dead_letters ORDER BY 1")] == [1, 2]
