@@ -42,7 +42,7 @@ CREATE TABLE IF NOT EXISTS zingest.dead_letters (
     id          bigserial PRIMARY KEY,
     job_id      text NOT NULL,
     table_name  text NOT NULL,
-    row_number  integer NOT NULL,            -- 0-based position among the job's rows
+    row_number  integer NOT NULL,            -- 0-based position of the row in the request
     "row"       jsonb NOT NULL,              -- the row as sent: {"column": value, ...}
     sqlstate    text,
     column_name text,
