@@ -6,6 +6,7 @@ an embedded server started once per test session in a temporary folder.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -93,12 +94,11 @@ def rides_dsn(pg_dsn: str) -> str:
     return pg_dsn
 
 
-@pytest.fixture
-def ports_env(tmp_path: Path) -> dict[str, str]:
-    """ZINGEST_* variables that put a gateway and its sinks on free loopback ports, journal in tmp_path."""
+def endpoints_env(folder: Path) -> dict[str, str]:
+    """ZINGEST_* variables that put a gateway and its sinks on free loopback ports, journal in ``folder``."""
     http, push, status, metrics = free_port(), free_port(), free_port(), free_port()
     return {
-        "ZINGEST_GATEWAY__JOURNAL_DIR": str(tmp_path / "journal"),
+        "ZINGEST_GATEWAY__JOURNAL_DIR": str(folder / "journal"),
         "ZINGEST_SINK__METRICS_LISTEN": f"127.0.0.1:{metrics}",
         "ZINGEST_GATEWAY__LISTEN": f"127.0.0.1:{http}",
         "ZINGEST_GATEWAY__PUSH_BIND": f"tcp://127.0.0.1:{push}",
@@ -106,6 +106,28 @@ def ports_env(tmp_path: Path) -> dict[str, str]:
         "ZINGEST_SINK__PULL_CONNECT": f"tcp://127.0.0.1:{push}",
         "ZINGEST_SINK__STATUS_CONNECT": f"tcp://127.0.0.1:{status}",
     }
+
+
+@pytest.fixture
+def ports_env(tmp_path: Path) -> dict[str, str]:
+    return endpoints_env(tmp_path)
+
+
+@contextlib.contextmanager
+def scratch_database(pg_server: str, name: str, *ddl: str) -> Iterator[str]:
+    """A database of its own for a module (created fresh, DDL applied, dropped afterwards); yields its DSN."""
+    with psycopg.connect(pg_server, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    dsn = make_conninfo(pg_server, dbname=name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for statement in ddl:
+            conn.execute(statement)
+    try:
+        yield dsn
+    finally:
+        with psycopg.connect(pg_server, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def zingest_cmd(*args: str) -> list[str]:

@@ -38,13 +38,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import psycopg
 import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from psycopg.conninfo import make_conninfo
 from schemathesis import GenerationMode
 from schemathesis.core.media_types import MEDIA_TYPE_STRATEGIES
 from schemathesis.specs.openapi.checks import (
@@ -58,7 +56,7 @@ from schemathesis.transport.requests import REQUESTS_TRANSPORT
 from schemathesis.transport.wsgi import WSGI_TRANSPORT
 
 from tests.cluster import Cluster
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, endpoints_env, scratch_database, wait_until
 
 MAX_BODY = 65536
 MAX_ROWS = 200
@@ -218,17 +216,9 @@ def body_strategies() -> Iterator[None]:
 
 @pytest.fixture(scope="module")
 def fuzz_dsn(pg_server: str) -> Iterator[str]:
-    name = f"zingest_fuzz_{os.getpid()}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(pg_server, dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute((ROOT / "schema" / "rides.sql").read_text())
-        conn.execute(NOTES_DDL)
-    yield dsn
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    rides = (ROOT / "schema" / "rides.sql").read_text()
+    with scratch_database(pg_server, f"zingest_fuzz_{os.getpid()}", rides, NOTES_DDL) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
@@ -236,19 +226,13 @@ def gw(fuzz_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clus
     folder = tmp_path_factory.mktemp("fuzz")
     logs = folder / "logs"
     logs.mkdir()
-    http, push, status = free_port(), free_port(), free_port()
     env = {
+        **endpoints_env(folder),
         "ZINGEST_DATABASE__DSN": fuzz_dsn,
-        "ZINGEST_GATEWAY__LISTEN": f"127.0.0.1:{http}",
-        "ZINGEST_GATEWAY__PUSH_BIND": f"tcp://127.0.0.1:{push}",
-        "ZINGEST_GATEWAY__STATUS_BIND": f"tcp://127.0.0.1:{status}",
-        "ZINGEST_GATEWAY__JOURNAL_DIR": str(folder / "journal"),
         "ZINGEST_GATEWAY__MAX_BODY_BYTES": str(MAX_BODY),
         "ZINGEST_GATEWAY__MAX_ROWS": str(MAX_ROWS),
         "ZINGEST_GATEWAY__WAIT_TIMEOUT_S": str(WAIT_TIMEOUT_S),
         "ZINGEST_GATEWAY__DRAIN_TIMEOUT_S": "1",
-        "ZINGEST_SINK__PULL_CONNECT": f"tcp://127.0.0.1:{push}",
-        "ZINGEST_SINK__STATUS_CONNECT": f"tcp://127.0.0.1:{status}",
     }
     cluster = Cluster(env, logs, sinks=1)
     try:

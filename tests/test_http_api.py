@@ -35,10 +35,9 @@ from typing import Any
 import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from psycopg.conninfo import make_conninfo
 
 from tests.cluster import Cluster, Response
-from tests.conftest import ROOT, free_port, wait_until
+from tests.conftest import ROOT, endpoints_env, scratch_database, wait_until
 
 MAX_BODY = 200_000
 STATUS_CAPACITY = 8
@@ -73,17 +72,9 @@ def marker(prefix: str) -> str:
 
 @pytest.fixture(scope="module")
 def api_dsn(pg_server: str) -> Iterator[str]:
-    name = f"zingest_http_api_{os.getpid()}"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{name}"')
-    dsn = make_conninfo(pg_server, dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute((ROOT / "schema" / "rides.sql").read_text())
-        conn.execute(TABLES_DDL)
-    yield dsn
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    rides = (ROOT / "schema" / "rides.sql").read_text()
+    with scratch_database(pg_server, f"zingest_http_api_{os.getpid()}", rides, TABLES_DDL) as dsn:
+        yield dsn
 
 
 @pytest.fixture(scope="module")
@@ -97,19 +88,13 @@ def gw(api_dsn: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clust
     folder = tmp_path_factory.mktemp("http_api")
     logs = folder / "logs"
     logs.mkdir()
-    http, push, status = free_port(), free_port(), free_port()
     env = {
+        **endpoints_env(folder),
         "ZINGEST_DATABASE__DSN": api_dsn,
-        "ZINGEST_GATEWAY__LISTEN": f"127.0.0.1:{http}",
-        "ZINGEST_GATEWAY__PUSH_BIND": f"tcp://127.0.0.1:{push}",
-        "ZINGEST_GATEWAY__STATUS_BIND": f"tcp://127.0.0.1:{status}",
-        "ZINGEST_GATEWAY__JOURNAL_DIR": str(folder / "journal"),
         "ZINGEST_GATEWAY__MAX_BODY_BYTES": str(MAX_BODY),
         "ZINGEST_GATEWAY__STATUS_CAPACITY": str(STATUS_CAPACITY),
         # A job that never becomes final must not hold the module's tear-down for the default 10 s.
         "ZINGEST_GATEWAY__DRAIN_TIMEOUT_S": "1",
-        "ZINGEST_SINK__PULL_CONNECT": f"tcp://127.0.0.1:{push}",
-        "ZINGEST_SINK__STATUS_CONNECT": f"tcp://127.0.0.1:{status}",
     }
     cluster = Cluster(env, logs, sinks=1)
     try:

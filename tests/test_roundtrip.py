@@ -12,7 +12,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -23,6 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.cluster import Cluster
+from tests.conftest import endpoints_env, scratch_database
 
 TABLE_DDL = """
 CREATE TABLE everything (
@@ -50,37 +53,15 @@ EXAMPLES = 25  # each example is one request of up to 8 rows; the budget keeps C
 
 
 @pytest.fixture(scope="module")
-def everything(pg_server: str, tmp_path_factory: pytest.TempPathFactory):
-    from psycopg.conninfo import make_conninfo
-
-    from tests.conftest import free_port
-
-    name = "zingest_roundtrip"
-    with psycopg.connect(pg_server, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {name}")
-    dsn = make_conninfo(pg_server, dbname=name)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(TABLE_DDL)
+def everything(pg_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Cluster, str]]:
     tmp = tmp_path_factory.mktemp("roundtrip")
-    http, push, status = free_port(), free_port(), free_port()
-    env = {
-        "ZINGEST_DATABASE__DSN": dsn,
-        "ZINGEST_GATEWAY__LISTEN": f"127.0.0.1:{http}",
-        "ZINGEST_GATEWAY__PUSH_BIND": f"tcp://127.0.0.1:{push}",
-        "ZINGEST_GATEWAY__STATUS_BIND": f"tcp://127.0.0.1:{status}",
-        "ZINGEST_SINK__PULL_CONNECT": f"tcp://127.0.0.1:{push}",
-        "ZINGEST_SINK__STATUS_CONNECT": f"tcp://127.0.0.1:{status}",
-        "ZINGEST_GATEWAY__JOURNAL_DIR": str(tmp / "journal"),
-        "ZINGEST_SINK__BATCH_LINGER_MS": "1",
-    }
-    cluster = Cluster(env, tmp, sinks=1).start()
-    try:
-        yield cluster, dsn
-    finally:
-        cluster.stop()
-        with psycopg.connect(pg_server, autocommit=True) as conn:
-            conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    with scratch_database(pg_server, f"zingest_roundtrip_{os.getpid()}", TABLE_DDL) as dsn:
+        env = {**endpoints_env(tmp), "ZINGEST_DATABASE__DSN": dsn, "ZINGEST_SINK__BATCH_LINGER_MS": "1"}
+        cluster = Cluster(env, tmp, sinks=1).start()
+        try:
+            yield cluster, dsn
+        finally:
+            cluster.stop()
 
 
 # -- strategies ---------------------------------------------------------------------------------
