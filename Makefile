@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: up test install clean
+.PHONY: up test bench install clean
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11) and "zingest needs Python 3.11 or newer")'
@@ -20,6 +20,11 @@ up: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The benchmarks: `make bench` writes benchmarks/results/ (about 25 minutes on 2 cores);
+# `make bench QUICK=1` is the smoke CI runs (about a minute, results in a temporary folder).
+bench: $(STAMP)
+	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .hypothesis
