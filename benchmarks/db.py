@@ -91,8 +91,8 @@ class Database:
             ensure_schema(conn)
             conn.execute(rides_ddl())
             conn.execute(table_ddl())
-            backend = _row(conn, "SELECT pg_backend_pid()")[0]
-        postmaster = _postmaster(backend)
+            # Looked up while this backend lives: its parent is the postmaster.
+            postmaster = _postmaster(_row(conn, "SELECT pg_backend_pid()")[0])
         self.cpu = None if postmaster is None else TreeCpu(postmaster)
 
     def stop(self) -> None:
