@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -17,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_PREFIX = "ZINGEST_"
+# The transports libzmq knows, then an address (checked by libzmq itself when it binds or connects).
+ZMQ_ENDPOINT = re.compile(r"(tcp|ipc|inproc|pgm|epgm|vmci|ws|wss|udp)://\S+")
 
 
 class ConfigError(ValueError):
@@ -117,13 +120,23 @@ def _section_types(cls: type) -> dict[str, typing.Any]:
     return typing.get_type_hints(cls)
 
 
+def _env_list(where: str, text: str) -> list[str]:
+    """A list from the environment: comma-separated, or written as a TOML array ("[\"a\", \"b\"]")."""
+    if not text.lstrip().startswith("["):
+        return [v.strip() for v in text.split(",") if v.strip()]
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{where}: expected a comma-separated list or a TOML array, got {text!r} ({exc})") from None
+
+
 def _coerce(where: str, value: object, hint: typing.Any, from_env: bool) -> object:
     """Check (file) or parse (environment) one value against its annotated type."""
     origin = typing.get_origin(hint)
     if origin is tuple:
         if from_env:
             assert isinstance(value, str)
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = _env_list(where, value)
         if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where}: expected a list of strings, got {value!r}")
         return tuple(value)
@@ -177,13 +190,13 @@ def _check(cfg: Config) -> None:
     if g.durability not in ("disk", "memory"):
         raise ConfigError(f"gateway.durability: expected 'disk' or 'memory', got {g.durability!r}")
     for key, endpoint in (("gateway.push_bind", g.push_bind), ("gateway.status_bind", g.status_bind)):
-        if "://" not in endpoint:
+        if not ZMQ_ENDPOINT.fullmatch(endpoint):
             raise ConfigError(f"{key}: expected a ZeroMQ endpoint like 'tcp://127.0.0.1:5555', got {endpoint!r}")
     for key, endpoints in (("sink.pull_connect", s.pull_connect), ("sink.status_connect", s.status_connect)):
         if not endpoints:
             raise ConfigError(f"{key}: needs at least one endpoint")
         for endpoint in endpoints:
-            if "://" not in endpoint:
+            if not ZMQ_ENDPOINT.fullmatch(endpoint):
                 raise ConfigError(f"{key}: expected ZeroMQ endpoints like 'tcp://127.0.0.1:5555', got {endpoint!r}")
     positive = {
         "sink.count": s.count,

@@ -95,6 +95,13 @@ def test_lists_from_environment_are_comma_separated() -> None:
     assert cfg.database.schema_files == ()
 
 
+def test_lists_from_environment_may_be_toml_arrays() -> None:
+    cfg = load_config(None, environ={"ZINGEST_SINK__PULL_CONNECT": '["tcp://127.0.0.1:1", "tcp://127.0.0.1:2"]',
+                                     "ZINGEST_GATEWAY__TABLES": " []"})
+    assert cfg.sink.pull_connect == ("tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+    assert cfg.gateway.tables == ()
+
+
 # (toml text, environ, words the message must contain)
 BAD = {
     "unknown section in file": ("[gatewya]\nlisten = '127.0.0.1:1'\n", {}, ["gatewya"]),
@@ -123,6 +130,12 @@ BAD = {
     "listen port not a number": ("[gateway]\nlisten = '127.0.0.1:http'\n", {}, ["gateway.listen", "'127.0.0.1:http'"]),
     "push_bind not an endpoint": ("", {"ZINGEST_GATEWAY__PUSH_BIND": "127.0.0.1:5555"},
                                   ["gateway.push_bind", "'127.0.0.1:5555'"]),
+    "array in env not closed": ("", {"ZINGEST_SINK__PULL_CONNECT": '["tcp://127.0.0.1:1"'},
+                                ["sink.pull_connect", "TOML array"]),
+    "endpoint without transport": ("", {"ZINGEST_SINK__STATUS_CONNECT": "[tcp://127.0.0.1:1]"},
+                                   ["sink.status_connect"]),
+    "unknown transport": ("[gateway]\nstatus_bind = 'http://127.0.0.1:1'\n", {},
+                          ["gateway.status_bind", "'http://127.0.0.1:1'"]),
     "no pull endpoint": ("", {"ZINGEST_SINK__PULL_CONNECT": " , "}, ["sink.pull_connect"]),
     "zero sinks": ("[sink]\ncount = 0\n", {}, ["sink.count", "0"]),
     "negative batch rows": ("", {"ZINGEST_SINK__BATCH_ROWS": "-5"}, ["sink.batch_rows", "-5"]),
