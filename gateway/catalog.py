@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 # PostgreSQL types whose values travel as JSON text (any JSON value is valid for them).
 JSON_TYPES = frozenset({"json", "jsonb"})
@@ -28,10 +29,11 @@ class Table:
     name: str
     columns: dict[str, Column]
 
-    @property
+    @cached_property  # a Table is never changed: a catalog refresh makes a new one
     def exact_numbers(self) -> bool:
         """Numbers must be read exactly (not as double precision): the table has numeric columns."""
         return any(c.data_type.startswith("numeric") for c in self.columns.values())
 
+    @cached_property
     def json_columns(self) -> frozenset[str]:
         return frozenset(c.name for c in self.columns.values() if c.data_type in JSON_TYPES)

@@ -31,7 +31,7 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
     is sent: the first bad value raises BodyError naming its row and column.
     ``check_nul`` may be False when the caller knows the body holds no NUL.
     """
-    json_columns = table.json_columns()
+    json_columns = table.json_columns
     # key set -> (columns in the order first seen, rows, where each row came from)
     groups: dict[frozenset[str], tuple[tuple[str, ...], list[Any], list[str], list[int]]] = {}
     last_keys: Any = None

@@ -53,6 +53,9 @@ class Pipeline:
         self._on_final = on_final
         self._ctx = zmq.asyncio.Context()
         self._push = configure(self._ctx.socket(zmq.PUSH), sndhwm=cfg.send_hwm)
+        # Sends are NOBLOCK and never awaited: a plain socket over the same one skips the asyncio
+        # wrapper's future per send (about a tenth of the gateway's CPU on single-row requests).
+        self._push_now = zmq.Socket.shadow(self._push.underlying)
         self._sub = configure(self._ctx.socket(zmq.SUB), linger_ms=0)
         self._tasks: list[asyncio.Task[None]] = []
         self._unsent: deque[str] = deque()
@@ -109,8 +112,7 @@ class Pipeline:
     def _send(self, rec: JobRecord) -> bool:
         assert rec.frame is not None
         try:
-            # The asyncio socket's send returns a future; with NOBLOCK it is settled at once.
-            self._push.send(rec.frame, zmq.NOBLOCK, copy=False).result()
+            self._push_now.send(rec.frame, zmq.NOBLOCK, copy=False)
         except zmq.Again:
             return False
         rec.sent_at = time.monotonic()

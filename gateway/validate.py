@@ -29,6 +29,7 @@ has no default must be named by every row; generated columns cannot be written.
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 import uuid
@@ -62,6 +63,7 @@ _TYPMOD = re.compile(r"\(([^)]*)\)")
 Check = Callable[[Any], str | None]
 
 
+@functools.cache  # a table has few distinct types; this runs for every column of every request
 def base_type(data_type: str) -> tuple[str, int | None, int]:
     """'character varying(20)[]' -> ('character varying', 20, 1): name, length limit, array dimensions."""
     dims = 0
