@@ -184,25 +184,34 @@ def _json_objects(body: bytes, limits: Limits, loads: Callable[[bytes], Any]) ->
 
 
 def _ndjson_objects(body: bytes, limits: Limits, loads: Callable[[bytes], Any]) -> Iterator[tuple[str, Any]]:
-    check = _RowCheck(limits, msgpack_types=False)
-    rows = 0
-    for number, line in enumerate(body.split(b"\n"), start=1):
-        if not line or line.isspace():
-            continue
-        rows += 1
-        if rows > limits.max_rows:
-            raise too_many_rows(limits)
-        try:
-            obj = loads(line)
-        except json.JSONDecodeError as exc:
-            raise _decode_error(line, exc, number) from exc
-        where = f"line {number}"
+    numbered = [(number, line) for number, line in enumerate(body.split(b"\n"), start=1)
+                if line and not line.isspace()]
+    if len(numbered) > limits.max_rows:
+        raise too_many_rows(limits)
+    try:
+        # Every line parsed by one C-level map; only a line that fails is looked at again, to name it.
+        objs = list(map(loads, [line for _, line in numbered]))
+    except json.JSONDecodeError:
+        objs = [_ndjson_line(number, line, loads) for number, line in numbered]
+    wheres = [f"line {number}" for number, _ in numbered]
+    for where, obj in zip(wheres, objs, strict=True):
         if type(obj) is not dict:
             raise BodyError(f"expected an object, got {json_type(obj)}", where)
-        long_strings = len(line) > limits.max_string_bytes
-        if long_strings or b"[" in line or line.count(b"{") > 1:  # else: flat and short, nothing to check
-            check(obj, where, long_strings)
-        yield where, obj
+    # Flat rows (one "{" a line, no "[") and a short body: no limit can be passed, nothing to check.
+    if len(body) > limits.max_string_bytes or b"[" in body or body.count(b"{") != len(objs):
+        check = _RowCheck(limits, msgpack_types=False)
+        for (_, line), where, obj in zip(numbered, wheres, objs, strict=True):
+            long_strings = len(line) > limits.max_string_bytes
+            if long_strings or b"[" in line or line.count(b"{") > 1:
+                check(obj, where, long_strings)
+    return zip(wheres, objs, strict=True)
+
+
+def _ndjson_line(number: int, line: bytes, loads: Callable[[bytes], Any]) -> Any:
+    try:
+        return loads(line)
+    except json.JSONDecodeError as exc:
+        raise _decode_error(line, exc, number) from exc
 
 
 def _msgpack_reason(exc: Exception) -> str:

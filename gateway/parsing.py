@@ -24,6 +24,9 @@ from gateway.validate import check_columns, check_nulls, check_rows
 
 __all__ = ["rows_from_objects", "rows_from_text"]
 
+# One group of rows on its way to a job: columns, rows, where each row came from, positions in the request.
+_Rows = tuple[tuple[str, ...], list[Any], list[str], list[int] | None]
+
 def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nul: bool = True) -> tuple[Group, ...]:
     """Objects to groups of rows; objects naming the same columns share a group.
 
@@ -31,42 +34,66 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
     is sent: the first bad value raises BodyError naming its row and column.
     ``check_nul`` may be False when the caller knows the body holds no NUL.
     """
-    json_columns = table.json_columns
-    # key set -> (columns in the order first seen, rows, where each row came from)
+    pairs = list(objects)
+    if not pairs:
+        raise BodyError("the body holds no rows")
+    wheres, objs = map(list, zip(*pairs, strict=True))
+    # The common request: every row an object naming the same columns in the same order.
+    # Found and picked by C-level passes; anything else goes through the grouping loop.
+    if set(map(type, objs)) == {dict}:
+        shapes = set(map(tuple, objs))
+        if len(shapes) == 1:
+            columns = shapes.pop()
+            _check_names(table, columns, wheres[0])
+            pick = itemgetter(*columns) if len(columns) > 1 else _one(columns[0])
+            return _checked(table, [(columns, list(map(pick, objs)), wheres, None)], check_nul)
+    return _checked(table, _grouped(table, wheres, objs), check_nul)
+
+
+def _check_names(table: Table, columns: tuple[str, ...], where: str) -> None:
+    if not columns:
+        raise BodyError("object has no columns", where)
+    for name in columns:
+        if name not in table.columns:
+            raise UnknownColumn(f"unknown column {name!r} for table {table.name!r}", where, name)
+    check_columns(table, columns, where)
+
+
+def _grouped(table: Table, wheres: list[str], objs: list[Any]) -> list[_Rows]:
+    """Rows grouped by the columns their objects name, each row with its position in the request."""
+    # key set -> (columns in the order first seen, rows, where each row came from, positions)
     groups: dict[frozenset[str], tuple[tuple[str, ...], list[Any], list[str], list[int]]] = {}
     last_keys: Any = None
-    last_columns: tuple[str, ...] = ()
     last_rows: list[Any] = []
     last_wheres: list[str] = []
     last_positions: list[int] = []
     pick: Callable[[dict[str, Any]], Any] = tuple
-    for position, (where, obj) in enumerate(objects):
+    for position, (where, obj) in enumerate(zip(wheres, objs, strict=True)):
         if not isinstance(obj, dict):
             raise BodyError(f"expected a JSON object, got {json_type(obj)}", where)
         keys = obj.keys()
-        if keys != last_keys:  # set comparison in C; the common case is one shape per request
+        if keys != last_keys:  # set comparison in C
             key_set = frozenset(keys)
             if key_set not in groups:
-                if not key_set:
-                    raise BodyError("object has no columns", where)
-                for name in obj:
-                    if name not in table.columns:
-                        raise UnknownColumn(f"unknown column {name!r} for table {table.name!r}", where, name)
-                check_columns(table, tuple(obj), where)
+                _check_names(table, tuple(obj), where)
                 groups[key_set] = (tuple(obj), [], [], [])
             last_keys = keys
-            last_columns, last_rows, last_wheres, last_positions = groups[key_set]
-            # The row's values in the group's column order, as a tuple, in C; one column gives a bare value.
-            pick = itemgetter(*last_columns) if len(last_columns) > 1 else _one(last_columns[0])
+            columns, last_rows, last_wheres, last_positions = groups[key_set]
+            # The row's values in the group's column order, as a tuple, in C.
+            pick = itemgetter(*columns) if len(columns) > 1 else _one(columns[0])
         last_rows.append(pick(obj))
         last_wheres.append(where)
         last_positions.append(position)
-    if not groups:
-        raise BodyError("the body holds no rows")
+    return list(groups.values())
+
+
+def _checked(table: Table, groups: list[_Rows], check_nul: bool) -> tuple[Group, ...]:
+    """Every group's values checked, exact numbers and json values made text: the job's groups."""
+    json_columns = table.json_columns
     out = []
     exact = table.exact_numbers
     several = len(groups) > 1  # then each row carries its position in the request
-    for columns, rows, wheres, positions in groups.values():
+    for columns, rows, wheres, positions in groups:
         check_rows(table, columns, rows, wheres, check_nul)
         if exact or json_columns.intersection(columns):
             rows[:] = map(list, rows)  # about to be rewritten in place

@@ -112,7 +112,8 @@ class Pipeline:
     def _send(self, rec: JobRecord) -> bool:
         assert rec.frame is not None
         try:
-            self._push_now.send(rec.frame, zmq.NOBLOCK, copy=False)
+            # Copied (a memcpy): zero-copy sends of large frames cost more in pyzmq's release thread.
+            self._push_now.send(rec.frame, zmq.NOBLOCK)
         except zmq.Again:
             return False
         rec.sent_at = time.monotonic()

@@ -150,6 +150,8 @@ ISO_FORMS = {
     "timestamp": re.compile(rf"{_DATE}(?:[T ]{_TIME}{_OFFSET})?"),
     "time": re.compile(rf"{_TIME}{_OFFSET}"),
 }
+# The same forms, one a line: a column's strings joined by newlines are checked by one regex pass.
+ISO_LINES = {form: re.compile(rf"(?:(?:{p.pattern})\n)*(?:{p.pattern})") for form, p in ISO_FORMS.items()}
 
 
 def _parsed_by(parse: Callable[[str], Any], what: str, infinities: bool, form: re.Pattern[str]) -> Check:
@@ -282,12 +284,16 @@ def check_columns(table: Table, columns: tuple[str, ...], where: str) -> None:
             raise BodyError(f"missing column {col.name!r}, which is NOT NULL and has no default", where, col.name)
 
 
+def by_column(columns: tuple[str, ...], rows: list[Any]) -> list[tuple[Any, ...]]:
+    """Rows (tuples or lists, one value per column) turned column-major in one C-level pass."""
+    return list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+
+
 def check_nulls(table: Table, columns: tuple[str, ...], rows: list[list[Any]], wheres: list[str],
                 check_nul: bool) -> None:
     """Text rows (CSV): refuse nulls in NOT NULL columns and NUL characters; PostgreSQL parses the rest."""
-    for i, name in enumerate(columns):
+    for name, values in zip(columns, by_column(columns, rows), strict=True):
         col = table.columns[name]
-        values = [r[i] for r in rows]
         if None in values and not col.nullable and not col.identity:
             k = values.index(None)
             raise BodyError(f"column {name!r} is NOT NULL, got an empty field", wheres[k], name)
@@ -340,7 +346,7 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
             return False
         parse, form = parser
         strs = [v for v in values if v is not None]
-        if not all(map(ISO_FORMS[form].fullmatch, strs)):
+        if not ISO_LINES[form].fullmatch("\n".join(strs)):
             return False
         try:
             list(map(parse, strs))
@@ -355,9 +361,8 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
 def check_rows(table: Table, columns: tuple[str, ...], rows: list[Any], wheres: list[str],
                check_nul: bool) -> None:
     """Refuse the first value that cannot be its column's type (raises BodyError naming row and column)."""
-    for i, name in enumerate(columns):
+    for name, values in zip(columns, by_column(columns, rows), strict=True):
         col = table.columns[name]
-        values = [r[i] for r in rows]
         if None in values and not col.nullable:
             k = values.index(None)
             raise BodyError(f"column {name!r} is NOT NULL, got null", wheres[k], name)

@@ -120,9 +120,9 @@ def test_json_columns_in_one_group_only_are_serialised_there() -> None:
     ]
 
 
-def body_error(body: bytes, media_type: str) -> BodyError:
+def body_error(body: bytes, media_type: str, table: Table = TABLE) -> BodyError:
     with pytest.raises(BodyError) as info:
-        parse_rows(body, media_type, TABLE)
+        parse_rows(body, media_type, table)
     return info.value
 
 
@@ -173,3 +173,29 @@ def test_body_error_is_a_value_error_with_its_parts() -> None:
     assert (exc.where, exc.column) == ("line 2", "zz")
     assert str(exc) == "line 2: unknown column 'zz' for table 't'"
     assert exc.as_json() == {"error": str(exc), "line": 2, "column": "zz"}
+
+
+TIMES = make_table(d="date", ts="timestamp with time zone", t="time without time zone")
+GOOD_TIMES = {"d": "2013-05-31", "ts": "2013-05-31T22:25:00+05:30", "t": "22:25:00.5"}
+
+
+@pytest.mark.parametrize("column, bad", [
+    ("d", "2013-05-31\n2013-06-01"),
+    ("ts", "2013-05-31T22:25:00Z\n2013-05-31T22:26:00Z"),
+    ("t", "22:25\n22:26"),
+    ("ts", "2013-05-31T22:25:00Z\n"),
+    ("d", "20130531"),
+    ("ts", "2013-02-30T00:00:00Z"),
+])
+def test_a_bad_date_or_time_among_good_ones_is_named(column: str, bad: str) -> None:
+    """Columns are checked whole (one regex pass over the values joined by newlines): a value holding
+    a newline must not pass as two good ones."""
+    rows = [GOOD_TIMES, GOOD_TIMES, {**GOOD_TIMES, column: bad}, GOOD_TIMES]
+    exc = body_error(orjson.dumps(rows), JSON, TIMES)
+    assert exc.as_json() == {"error": str(exc), "index": 2, "column": column}
+
+
+def test_good_dates_and_times_pass_whole() -> None:
+    rows = [GOOD_TIMES, {**GOOD_TIMES, "ts": "2013-05-31 22:25Z", "t": "22:25"}, {"d": None, "ts": None, "t": None}]
+    ((columns, got),) = groups_of(orjson.dumps(rows), JSON, TIMES)
+    assert columns == ("d", "ts", "t") and len(got) == 3
