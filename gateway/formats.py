@@ -157,7 +157,7 @@ def _exact_loads(data: bytes) -> Any:
 
 def _json_objects(body: bytes, limits: Limits, loads: Callable[[bytes], Any]) -> Iterator[tuple[str, Any]]:
     if not body.strip():
-        return  # an empty body holds no rows, as an empty NDJSON body does (not "invalid JSON")
+        return iter(())  # an empty body holds no rows, as an empty NDJSON body does (not "invalid JSON")
     try:
         doc = loads(body)
     except json.JSONDecodeError as exc:
@@ -170,17 +170,18 @@ def _json_objects(body: bytes, limits: Limits, loads: Callable[[bytes], Any]) ->
             raise too_many_rows(limits)
     else:
         raise BodyError(f"expected an object or an array of objects, got {json_type(doc)}")
-    long_strings = len(body) > limits.max_string_bytes
+    wheres = [f"index {i}" for i in range(len(items))]
+    if not set(map(type, items)) <= {dict}:
+        i = next(i for i, obj in enumerate(items) if type(obj) is not dict)
+        raise BodyError(f"expected an object, got {json_type(items[i])}", wheres[i])
     # Flat rows (one "{" per object, no "[" but the outer one) and a short body: no limit can be passed.
+    long_strings = len(body) > limits.max_string_bytes
     flat = body.count(b"{") == len(items) and body.count(b"[") == (0 if isinstance(doc, dict) else 1)
-    check = _RowCheck(limits, msgpack_types=False)
-    for i, obj in enumerate(items):
-        where = f"index {i}"
-        if type(obj) is not dict:
-            raise BodyError(f"expected an object, got {json_type(obj)}", where)
-        if long_strings or not flat:
+    if long_strings or not flat:
+        check = _RowCheck(limits, msgpack_types=False)
+        for where, obj in zip(wheres, items, strict=True):
             check(obj, where, long_strings)
-        yield where, obj
+    return zip(wheres, items, strict=True)
 
 
 def _ndjson_objects(body: bytes, limits: Limits, loads: Callable[[bytes], Any]) -> Iterator[tuple[str, Any]]:

@@ -40,13 +40,18 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
     wheres, objs = map(list, zip(*pairs, strict=True))
     # The common request: every row an object naming the same columns in the same order.
     # Found and picked by C-level passes; anything else goes through the grouping loop.
+    # (Each object has as many keys as the first and holds every one of its keys: the same key set.)
     if set(map(type, objs)) == {dict}:
-        shapes = set(map(tuple, objs))
-        if len(shapes) == 1:
-            columns = shapes.pop()
+        columns = tuple(objs[0])
+        if set(map(len, objs)) == {len(columns)}:
             _check_names(table, columns, wheres[0])
             pick = itemgetter(*columns) if len(columns) > 1 else _one(columns[0])
-            return _checked(table, [(columns, list(map(pick, objs)), wheres, None)], check_nul)
+            try:
+                rows = list(map(pick, objs))
+            except KeyError:
+                pass  # some object names another column: grouped below
+            else:
+                return _checked(table, [(columns, rows, wheres, None)], check_nul)
     return _checked(table, _grouped(table, wheres, objs), check_nul)
 
 

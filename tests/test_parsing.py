@@ -69,6 +69,23 @@ def test_different_key_sets_make_separate_groups(media_type: str) -> None:
 
 
 @pytest.mark.parametrize("media_type", [JSON, NDJSON])
+def test_as_many_keys_but_other_ones_make_another_group(media_type: str) -> None:
+    objects = [{"id": 1, "name": "a"}, {"id": 2, "score": 0.5}, {"name": "c", "id": 3}]
+    body = orjson.dumps(objects) if media_type == JSON else b"\n".join(orjson.dumps(o) for o in objects)
+    groups = parse_rows(body, media_type, TABLE)
+    assert [(g.columns, [list(r) for r in g.rows], g.positions) for g in groups] == [
+        (("id", "name"), [[1, "a"], [3, "c"]], [0, 2]),
+        (("id", "score"), [[2, 0.5]], [1]),
+    ]
+
+
+def test_one_shape_carries_no_positions() -> None:
+    (group,) = parse_rows(orjson.dumps([{"id": 1, "name": "a"}, {"name": "b", "id": 2}]), JSON, TABLE)
+    assert (group.columns, [list(r) for r in group.rows], group.positions) == (("id", "name"), [[1, "a"], [2, "b"]],
+                                                                                None)
+
+
+@pytest.mark.parametrize("media_type", [JSON, NDJSON])
 def test_same_key_set_in_another_order_joins_the_group_aligned(media_type: str) -> None:
     objects = [
         {"id": 1, "name": "a", "score": 1.0},
