@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.conftest import ROOT, child_env, stop_process, wait_until, zingest_cmd
+from zingest.embedded import running_dsn
 from zingest.gen import COLUMNS
 
 ROWS = 20_000
@@ -115,8 +116,12 @@ def test_up_with_embedded_postgres_serves_and_stops_cleanly(ports_env: dict[str,
         assert wait_until(state, timeout=30, what="the job to become final") == "committed"
         log_text = (tmp_path / "up.log").read_text()
         assert "PostgreSQL: " in log_text and f"zingest is up: {url}" in log_text
+        # zingest replay finds the running server through the DSN kept beside its data folder.
+        printed = log_text.split("PostgreSQL: ", 1)[1].split()[0]
+        assert running_dsn(pg_dir) == printed
     finally:
         up.send_signal(signal.SIGINT)  # what Ctrl-C sends
         code = stop_process(up, timeout=60)
     assert code == 0, (tmp_path / "up.log").read_text()
     assert not (pg_dir / "postmaster.pid").exists(), "the embedded server was left running"
+    assert running_dsn(pg_dir) is None

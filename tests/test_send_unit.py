@@ -142,6 +142,12 @@ def test_gateway_url_precedence(tmp_path: Path) -> None:
     assert gateway_url("http://example.test:81/", None) == "http://example.test:81"
 
 
+def test_gateway_url_follows_the_environment_like_every_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZINGEST_GATEWAY__LISTEN", "127.0.0.1:18080")
+    assert gateway_url(None, None) == "http://127.0.0.1:18080"
+    assert gateway_url("http://127.0.0.1:81", None) == "http://127.0.0.1:81"
+
+
 # ------------------------------------------------------- against a fake gateway
 
 
@@ -150,10 +156,13 @@ class FakeGateway:
 
     The first ``busy`` POSTs (every one if ``busy`` is None) get 503 with ``retry_after``.
     A job's first status answer is ``accepted``, later ones final; ``forget_jobs`` answers 404 instead.
+    ``vanish``: the gateway stops (closes its port and connections) after its first status answer.
     """
 
-    def __init__(self, busy: int | None = 0, retry_after: str = "0", forget_jobs: bool = False) -> None:
-        self.busy, self.retry_after, self.forget_jobs = busy, retry_after, forget_jobs
+    def __init__(self, busy: int | None = 0, retry_after: str = "0", forget_jobs: bool = False,
+                 vanish: bool = False) -> None:
+        self.busy, self.retry_after, self.forget_jobs, self.vanish = busy, retry_after, forget_jobs, vanish
+        self.runner: web.AppRunner | None = None
         self.posts: list[tuple[str, str, bytes]] = []  # (table, content type, body) of every POST
         self.busy_answers = 0
         self.jobs: dict[str, tuple[int, bool]] = {}  # job id -> (rows, fails)
@@ -175,6 +184,9 @@ class FakeGateway:
     async def job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         self.polls[job_id] += 1
+        if self.vanish and self.runner is not None:
+            asyncio.get_running_loop().create_task(self.runner.cleanup())
+            self.runner = None
         if job_id not in self.jobs or self.forget_jobs:
             return web.json_response({"job_id": job_id, "state": "not_found"}, status=404)
         rows, fails = self.jobs[job_id]
@@ -212,10 +224,12 @@ def serve(gateway: FakeGateway) -> Iterator[str]:
         return runner, runner.addresses[0][1]
 
     runner, port = asyncio.run_coroutine_threadsafe(start(), loop).result(timeout=10)
+    gateway.runner = runner
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
-        asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
+        if gateway.runner is not None:  # else it stopped itself
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(timeout=10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=10)
         loop.close()
@@ -295,16 +309,34 @@ def test_send_gives_up_on_a_gateway_that_stays_full(tmp_path: Path, capsys: pyte
     assert len(gateway.posts) == 1  # Retry-After was honoured (capped by the timeout), not ignored
 
 
-def test_send_fails_a_job_the_gateway_does_not_know(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_job_the_gateway_does_not_know_is_unknown_not_failed(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
     path, _ = ndjson_file(tmp_path, [{"id": 1}])
     gateway = FakeGateway(forget_jobs=True)
     with serve(gateway) as url:
         code = send.main([str(path), "--table", "rides", "--url", url, "--timeout", "0.3", "--quiet"])
     out = capsys.readouterr().out.splitlines()
     assert code == 1
-    assert out[0].startswith("sent 1 rows in 1 jobs: 0 committed, 1 failed, 0 rejected")
-    assert "no final status within 0.3 s (last status: unknown job id (404 not_found))" in out[1]
+    assert out[0].startswith("sent 1 rows in 1 jobs: 0 committed, 0 failed, 0 rejected, 1 unknown")
+    assert out[1].startswith("unknown: these may have landed")
+    assert "no final status within 0.3 s (last status: unknown job id (404 not_found))" in out[2]
     assert sum(gateway.polls.values()) >= 3  # kept polling until the deadline
+
+
+def test_a_gateway_that_goes_away_leaves_jobs_unknown_without_waiting_out_the_timeout(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(send, "UNREACHABLE_GIVE_UP_S", 0.5)
+    path, _ = ndjson_file(tmp_path, [{"id": i} for i in range(1, 5)])
+    gateway = FakeGateway(vanish=True)
+    with serve(gateway) as url:
+        code = send.main([str(path), "--table", "rides", "--url", url, "--batch-rows", "2", "--timeout", "600",
+                          "--quiet", "--json"])
+    doc = orjson.loads(capsys.readouterr().out)
+    assert code == 1
+    assert doc["failed_jobs"] == [] and doc["committed_rows"] == 0
+    assert len(doc["unknown_jobs"]) == 2 and {j["job_id"] for j in doc["unknown_jobs"]} == set(gateway.jobs)
+    for job in doc["unknown_jobs"]:
+        assert job["error"].startswith("the gateway refused connections for 0.5 s (the gateway is unreachable"), job
 
 
 def test_unreachable_gateway_exits_2_without_traceback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

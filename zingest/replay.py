@@ -29,7 +29,7 @@ import aiohttp
 import psycopg
 
 from common.config import ConfigError, load_config
-from zingest import send
+from zingest import embedded, send
 
 _SELECT = """SELECT id, job_id, sqlstate, error, "row"::text FROM zingest.dead_letters
  WHERE table_name = %s AND (%s::text IS NULL OR job_id = %s) ORDER BY id"""
@@ -145,8 +145,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--table", required=True, help="the table whose dead letters to replay")
     p.add_argument("--job", metavar="JOB_ID", help="only the dead letters of this job")
     p.add_argument("--config", metavar="PATH", help="config.toml: database.dsn and gateway.listen")
-    p.add_argument("--dsn", help="PostgreSQL holding zingest.dead_letters (default: database.dsn)")
-    p.add_argument("--url", help=f"gateway base URL (default: gateway.listen of --config, else {send.DEFAULT_URL})")
+    p.add_argument("--dsn", help="PostgreSQL holding zingest.dead_letters (default: database.dsn, else the"
+                                 " embedded server of a running `zingest up`)")
+    p.add_argument("--url", help=f"gateway base URL (default: gateway.listen of --config or ZINGEST_GATEWAY__LISTEN, else {send.DEFAULT_URL})")
     p.add_argument("--dry-run", action="store_true", help="count what would be replayed, by sqlstate; send nothing")
     p.add_argument("--batch-rows", type=send.positive_int, default=send.DEFAULT_BATCH_ROWS, metavar="N",
                    help=f"most dead letters per POST (default {send.DEFAULT_BATCH_ROWS}); keep it when running again")
@@ -161,12 +162,15 @@ def main(argv: list[str] | None = None) -> int:
         return send.EXIT_USAGE
 
     try:
-        dsn = args.dsn or load_config(args.config).database.dsn
+        cfg = load_config(args.config)
+        # Else the embedded server a running `zingest up` started, found through the DSN it keeps in var/.
+        dsn = args.dsn or cfg.database.dsn or embedded.running_dsn(cfg.path(cfg.database.embedded_dir))
         options = send.Options(send.gateway_url(args.url, args.config), args.table)
     except ConfigError as exc:
         return fail(str(exc))
     if not dsn:
-        return fail("no database: pass --dsn, or set database.dsn in --config (or ZINGEST_DATABASE__DSN)")
+        return fail("no database: pass --dsn, or set database.dsn in --config (or ZINGEST_DATABASE__DSN),"
+                    " or run it beside `zingest up` on the embedded database")
     try:
         letters = read_dead_letters(dsn, args.table, args.job)
         batches = plan(args.table, letters, args.batch_rows)

@@ -12,9 +12,13 @@
    most ``--timeout`` seconds per batch; any other ``4xx`` rejects the batch.
 3. Once everything is posted, ``GET {url}/v1/jobs/{id}`` is polled for every
    job (at most ``--concurrency`` requests at a time, interval doubling from
-   20 ms to 0.5 s) until each is committed or failed, for at most ``--timeout``.
+   20 ms to 0.5 s) until each is committed or failed, for at most ``--timeout``,
+   or until the gateway has refused connections for ``UNREACHABLE_GIVE_UP_S``.
 4. One summary line goes to stdout (or a JSON object with ``--json``), then a
-   line per failed job or rejected batch.
+   line per failed job, rejected batch, or batch of unknown fate: accepted with
+   no final status read (look its job id up later), or a POST cut off after
+   the gateway may have taken it. Unknown is never counted as failed: the rows
+   may well have landed, and sending them again could land them twice.
 
 Exit codes: 0 every row committed, 1 some did not, 2 usage error or gateway
 unreachable. Splitting and summarising are pure functions; the aiohttp client
@@ -68,6 +72,8 @@ RECONNECT_FIRST_S = 0.1
 RECONNECT_MAX_S = 2.0
 # Seconds allowed for the start-up check that the gateway accepts connections.
 CONNECT_CHECK_TIMEOUT_S = 5.0
+# Waiting for statuses stops once every status request has failed to connect for this long.
+UNREACHABLE_GIVE_UP_S = 15.0
 # Error bodies are cut to this many characters in the report.
 ERROR_TEXT_LIMIT = 500
 NDJSON_TYPE = "application/x-ndjson"
@@ -168,6 +174,7 @@ class Outcome(str, enum.Enum):
     PARTIAL = "partial"  # some rows committed, the others refused (kept in zingest.dead_letters)
     FAILED = "failed"  # the job failed, or the batch was never accepted in time
     REJECTED = "rejected"  # the gateway refused the batch's content (4xx)
+    UNKNOWN = "unknown"  # taken (or maybe taken) by the gateway, but no final status was read
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +205,7 @@ class Summary:
     failed: tuple[Result, ...]
     rejected: tuple[Result, ...]
     seconds: float
+    unknown: tuple[Result, ...] = ()
 
     @property
     def rows_per_s(self) -> float:
@@ -205,7 +213,7 @@ class Summary:
 
     @property
     def ok(self) -> bool:
-        return self.committed_rows == self.rows and not self.failed and not self.rejected
+        return self.committed_rows == self.rows and not (self.failed or self.rejected or self.unknown)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +224,9 @@ class Summary:
                 {"job_id": r.job_id, "first_line": r.first_line, "rows": r.rows, "error": r.error} for r in self.failed
             ],
             "rejected_batches": [{"first_line": r.first_line, "rows": r.rows, "error": r.error} for r in self.rejected],
+            "unknown_jobs": [
+                {"job_id": r.job_id, "first_line": r.first_line, "rows": r.rows, "error": r.error} for r in self.unknown
+            ],
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.rows_per_s, 1),
         }
@@ -224,9 +235,10 @@ class Summary:
         """The text report: the summary line, then one line per failed job or rejected batch."""
         failed_rows = sum(r.rows - r.landed for r in self.failed)
         rejected_rows = sum(r.rows for r in self.rejected)
+        unknown = f", {sum(r.rows for r in self.unknown)} unknown" if self.unknown else ""
         out = [
             f"sent {self.rows} rows in {self.jobs} jobs: {self.committed_rows} committed, {failed_rows} failed,"
-            f" {rejected_rows} rejected in {self.seconds:.2f} s ({self.rows_per_s:.0f} rows/s)"
+            f" {rejected_rows} rejected{unknown} in {self.seconds:.2f} s ({self.rows_per_s:.0f} rows/s)"
         ]
         for r in self.failed:
             what = f"job {r.job_id}" if r.job_id else "batch"
@@ -237,6 +249,12 @@ class Summary:
                 out.append(f"failed {what} ({r.rows} rows from line {r.first_line}): {r.error}")
         for r in self.rejected:
             out.append(f"rejected batch ({r.rows} rows from line {r.first_line}): {r.error}")
+        if self.unknown:
+            out.append("unknown: these may have landed; do not send them again before looking them up"
+                       " (GET /v1/jobs/<job id>)")
+        for r in self.unknown:
+            what = f"job {r.job_id}" if r.job_id else "batch (no job id)"
+            out.append(f"unknown {what} ({r.rows} rows from line {r.first_line}): {r.error}")
         return out
 
 
@@ -246,9 +264,10 @@ def summarise(results: Iterable[Result], seconds: float) -> Summary:
         rows=sum(r.rows for r in ordered),
         jobs=sum(1 for r in ordered if r.job_id is not None),
         committed_rows=sum(r.landed for r in ordered),
-        failed=tuple(r for r in ordered if r.outcome in (Outcome.FAILED, Outcome.PARTIAL, Outcome.ACCEPTED)),
+        failed=tuple(r for r in ordered if r.outcome in (Outcome.FAILED, Outcome.PARTIAL)),
         rejected=tuple(r for r in ordered if r.outcome is Outcome.REJECTED),
         seconds=seconds,
+        unknown=tuple(r for r in ordered if r.outcome in (Outcome.UNKNOWN, Outcome.ACCEPTED)),
     )
 
 
@@ -366,7 +385,7 @@ async def post_batch(session: aiohttp.ClientSession, ingest_url: str, batch: Bat
             continue
         except (aiohttp.ClientError, TimeoutError) as exc:
             # The gateway may have taken the rows: sending again could land them twice.
-            return result(Outcome.FAILED, error=f"POST failed, outcome unknown: {exc!r}")
+            return result(Outcome.UNKNOWN, error=f"the POST was cut off, the gateway may have taken it: {exc!r}")
         if status == 202:
             try:
                 return result(Outcome.ACCEPTED, job_id=str(orjson.loads(body)["job_id"]))
@@ -383,8 +402,10 @@ async def post_batch(session: aiohttp.ClientSession, ingest_url: str, batch: Bat
     return result(Outcome.FAILED, error=f"not accepted within {timeout_s:g} s ({last})")
 
 
-async def poll_job(session: aiohttp.ClientSession, jobs_url: str, result: Result, deadline: float) -> Result:
-    """Ask once for an accepted job's status; the result is final, or ACCEPTED with a note."""
+async def poll_job(session: aiohttp.ClientSession, jobs_url: str, result: Result,
+                   deadline: float) -> tuple[Result, bool]:
+    """Ask once for an accepted job's status: the result (final, or ACCEPTED with a note), and
+    whether the gateway answered at all."""
     assert result.job_id is not None
     remaining = deadline - asyncio.get_running_loop().time()
     try:
@@ -393,39 +414,47 @@ async def poll_job(session: aiohttp.ClientSession, jobs_url: str, result: Result
             timeout=aiohttp.ClientTimeout(total=max(min(remaining, POLL_REQUEST_TIMEOUT_S), POLL_REQUEST_MIN_S)),
         ) as resp:
             status, body = resp.status, await resp.read()
+    except aiohttp.ClientConnectorError as exc:
+        return dataclasses.replace(result, error=f"the gateway is unreachable: {exc.os_error.strerror or exc}"), False
     except (aiohttp.ClientError, TimeoutError) as exc:
-        # Keep the gateway's last answer if there was one: it says more than this failure.
-        return result if result.error else dataclasses.replace(result, error=f"status request failed: {exc!r}")
+        return dataclasses.replace(result, error=f"status request failed: {exc!r}"), True
     state, note, committed = read_job_status(status, body)
     if state is JobState.COMMITTED:
-        return dataclasses.replace(result, outcome=Outcome.COMMITTED, error=None)
+        return dataclasses.replace(result, outcome=Outcome.COMMITTED, error=None), True
     if state is JobState.PARTIAL:
-        return dataclasses.replace(result, outcome=Outcome.PARTIAL, error=note, rows_committed=committed)
+        return dataclasses.replace(result, outcome=Outcome.PARTIAL, error=note, rows_committed=committed), True
     if state is JobState.FAILED:
-        return dataclasses.replace(result, outcome=Outcome.FAILED, error=note)
-    return dataclasses.replace(result, error=f"last status: {note}")
+        return dataclasses.replace(result, outcome=Outcome.FAILED, error=note), True
+    return dataclasses.replace(result, error=f"last status: {note}"), True
 
 
 async def wait_for_jobs(
     session: aiohttp.ClientSession, jobs_url: str, results: list[Result], options: Options
 ) -> list[Result]:
-    """Poll every ACCEPTED result until final; those still open after ``options.timeout_s`` become FAILED."""
+    """Poll every ACCEPTED result until final. Those still open after ``options.timeout_s``, or once the
+    gateway has been unreachable for UNREACHABLE_GIVE_UP_S, become UNKNOWN (never FAILED: they may land)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + options.timeout_s
     done = [r for r in results if r.outcome is not Outcome.ACCEPTED]
     pending = [r for r in results if r.outcome is Outcome.ACCEPTED]
     interval = POLL_FIRST_S
+    last_answer = loop.time()
+    late = f"no final status within {options.timeout_s:g} s"
     while pending:
         polled = await bounded_map(lambda r: poll_job(session, jobs_url, r, deadline), pending, options.concurrency)
-        done += [r for r in polled if r.outcome is not Outcome.ACCEPTED]
-        pending = [r for r in polled if r.outcome is Outcome.ACCEPTED]
+        done += [r for r, _ in polled if r.outcome is not Outcome.ACCEPTED]
+        pending = [r for r, _ in polled if r.outcome is Outcome.ACCEPTED]
+        if any(answered for _, answered in polled):
+            last_answer = loop.time()
+        elif loop.time() - last_answer >= UNREACHABLE_GIVE_UP_S:
+            late = f"the gateway refused connections for {UNREACHABLE_GIVE_UP_S:g} s"
+            break
         remaining = deadline - loop.time()
         if not pending or remaining <= 0:
             break
         await asyncio.sleep(min(interval, remaining))
         interval = min(interval * 2, POLL_MAX_S)
-    late = f"no final status within {options.timeout_s:g} s"
-    return done + [dataclasses.replace(r, outcome=Outcome.FAILED, error=f"{late} ({r.error})") for r in pending]
+    return done + [dataclasses.replace(r, outcome=Outcome.UNKNOWN, error=f"{late} ({r.error})") for r in pending]
 
 
 async def send(source: Source, options: Options, progress: tqdm[Any]) -> tuple[list[Result], float]:
@@ -452,14 +481,13 @@ async def send(source: Source, options: Options, progress: tqdm[Any]) -> tuple[l
 
 
 def gateway_url(url: str | None, config_path: str | None) -> str:
-    """``--url`` if given, else ``http://`` + ``gateway.listen`` from ``--config``, else the default."""
+    """``--url`` if given, else ``http://`` + ``gateway.listen`` (from ``--config`` and the environment)."""
     if url is not None:
         parsed = yarl.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ConfigError(f"--url: expected http://host:port, got {url!r}")
         return url.rstrip("/")
-    if config_path is None:
-        return DEFAULT_URL
+    # gateway.listen of --config, or of the defaults; ZINGEST_GATEWAY__LISTEN overrides either.
     host, _, port = load_config(config_path).gateway.listen.rpartition(":")
     # A gateway listening on every interface is reached through the loopback one.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
@@ -495,7 +523,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("file", metavar="FILE", help="NDJSON or a JSON array of objects; - reads stdin")
     parser.add_argument("--table", required=True, help="destination table")
     where = parser.add_mutually_exclusive_group()
-    where.add_argument("--url", help=f"gateway base URL (default {DEFAULT_URL})")
+    where.add_argument("--url", help=f"gateway base URL (default: gateway.listen of --config or ZINGEST_GATEWAY__LISTEN, else {DEFAULT_URL})")
     where.add_argument("--config", metavar="PATH", help="take the gateway address from this config.toml")
     parser.add_argument(
         "--batch-rows", type=positive_int, default=DEFAULT_BATCH_ROWS, metavar="N",
