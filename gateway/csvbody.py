@@ -30,7 +30,7 @@ def csv_rows(body: bytes, limits: Limits) -> tuple[tuple[str, ...], list[list[st
     except UnicodeDecodeError as bad:
         at = skip + bad.start
         line, column = body.count(b"\n", 0, at) + 1, at - body.rfind(b"\n", 0, at)
-        raise BodyError(f"not valid UTF-8: byte 0x{body[at]:02x} at column {column}", f"line {line}") from bad
+        raise BodyError(f"not valid UTF-8: byte 0x{body[at]:02x} at byte {column}", f"line {line}") from bad
     lines = text.split("\n")
     if lines[-1] == "":
         lines.pop()  # the last line's ending, not an empty record

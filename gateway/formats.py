@@ -132,8 +132,8 @@ def _decode_error(data: bytes, exc: json.JSONDecodeError, first_line: int) -> Bo
     except UnicodeDecodeError as bad:
         line = first_line + data.count(b"\n", 0, bad.start)
         column = bad.start - data.rfind(b"\n", 0, bad.start)
-        return BodyError(f"not valid UTF-8: byte 0x{data[bad.start]:02x} at column {column}", f"line {line}")
-    return BodyError(f"not valid JSON: {exc.msg} at column {exc.colno}", f"line {first_line + exc.lineno - 1}")
+        return BodyError(f"not valid UTF-8: byte 0x{data[bad.start]:02x} at byte {column}", f"line {line}")
+    return BodyError(f"not valid JSON: {exc.msg} at character {exc.colno}", f"line {first_line + exc.lineno - 1}")
 
 
 def _no_constants(name: str) -> Any:

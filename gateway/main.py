@@ -65,12 +65,17 @@ async def serve(cfg: Config) -> int:
     await asyncio.wait((drained, forced), timeout=cfg.gateway.drain_timeout_s, return_when=asyncio.FIRST_COMPLETED)
     drained.cancel()
     forced.cancel()
-    left = len(store.pending)
     p = app[PIPELINE]
-    await runner.cleanup()
-    kept = "kept in the journal" if cfg.gateway.durability == "disk" else "lost (durability = memory)"
-    log.info("gateway stopped: %d jobs sent, %d final, %d redelivered; %d still pending, %s",
-             p.jobs_sent, p.jobs_final, p.redelivered, left, kept)
+    await runner.cleanup()  # requests still in flight finish here, and may add jobs
+    left = len(store.pending)
+    if not left:
+        kept = "none pending"
+    elif cfg.gateway.durability == "disk":
+        kept = f"{left} still pending, kept in the journal (sent again at the next start)"
+    else:
+        kept = f"{left} still pending, lost from this gateway (durability = memory); sinks may still commit them"
+    log.info("gateway stopped: %d jobs sent, %d final, %d redelivered; %s",
+             p.jobs_sent, p.jobs_final, p.redelivered, kept)
     return EXIT_OK
 
 

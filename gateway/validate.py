@@ -93,7 +93,7 @@ def _int_check(lo: int, hi: int, name: str) -> Check:
             return f"expected an integer, got {v!r}"
         if type(v) is str:
             return f"expected an integer, got the string {v[:40]!r}"
-        return f"expected an integer, got {json_type(v)}"
+        return f"expected an integer, got {got(v)}"
     return check
 
 
@@ -106,7 +106,7 @@ def _float_check(v: Any) -> str | None:
         except ValueError:
             return f"expected a number, got the string {v[:40]!r}"
         return None
-    return f"expected a number, got {json_type(v)}"
+    return f"expected a number, got {got(v)}"
 
 
 def _numeric_check(v: Any) -> str | None:
@@ -120,19 +120,29 @@ def _numeric_check(v: Any) -> str | None:
         except InvalidOperation:
             return f"{v!r} is not a number"
         return None
-    return f"expected a number, got {json_type(v)}"
+    return f"expected a number, got {got(v)}"
+
+
+def got(v: Any) -> str:
+    """A refused value as an error message shows it: its JSON type, and the value when it is short text or a number."""
+    if type(v) is str:
+        return f"the string {v[:40]!r}" + ("..." if len(v) > 40 else "")
+    if type(v) in (int, float, Decimal):
+        text = str(v)
+        return f"the number {text}" if len(text) <= 40 else f"a number of {len(text)} characters"
+    return json_type(v)
 
 
 def _bool_check(v: Any) -> str | None:
     if type(v) is bool or (type(v) is str and v.strip().lower() in _BOOL_TEXT):
         return None
-    return f"expected true or false, got {json_type(v)}"
+    return f"expected true or false, got {got(v)}"
 
 
 def _text_check(limit: int | None, check_nul: bool) -> Check:
     def check(v: Any) -> str | None:
         if type(v) is not str:
-            return f"expected a string, got {json_type(v)}"
+            return f"expected a string, got {got(v)}"
         if check_nul and "\x00" in v:
             return "text cannot contain the NUL character (\\u0000)"
         if limit is not None and len(v) > limit:
@@ -157,7 +167,7 @@ ISO_LINES = {form: re.compile(rf"(?:(?:{p.pattern})\n)*(?:{p.pattern})") for for
 def _parsed_by(parse: Callable[[str], Any], what: str, infinities: bool, form: re.Pattern[str]) -> Check:
     def check(v: Any) -> str | None:
         if type(v) is not str:
-            return f"expected {what} as a string, got {json_type(v)}"
+            return f"expected {what} as a string, got {got(v)}"
         if infinities and v.lower() in INFINITIES:
             return None
         if not form.fullmatch(v):
@@ -172,7 +182,7 @@ def _parsed_by(parse: Callable[[str], Any], what: str, infinities: bool, form: r
 
 def _uuid_check(v: Any) -> str | None:
     if type(v) is not str:
-        return f"expected a uuid as a string, got {json_type(v)}"
+        return f"expected a uuid as a string, got {got(v)}"
     try:
         uuid.UUID(v)
     except ValueError:
@@ -182,7 +192,7 @@ def _uuid_check(v: Any) -> str | None:
 
 def _scalar(v: Any) -> str | None:
     if type(v) is dict or type(v) is list:
-        return f"expected a string or a number, got {json_type(v)}"
+        return f"expected a string or a number, got {got(v)}"
     return None
 
 
@@ -220,7 +230,7 @@ def _jsonb_check(v: Any) -> str | None:
 def _array_check(element: Check | None, dims: int) -> Check:
     def walk(v: Any, depth: int) -> str | None:
         if type(v) is not list:
-            return f"expected an array, got {json_type(v)}"
+            return f"expected an array, got {got(v)}"
         if depth > MAX_ARRAY_DEPTH:
             return f"array nested deeper than {MAX_ARRAY_DEPTH} levels (PostgreSQL allows 6 dimensions)"
         for item in v:

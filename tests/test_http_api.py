@@ -282,7 +282,7 @@ BAD_BODIES = [
     _bad("empty-body", "", {}, "no rows"),
     _bad("blank-ndjson", "\n \n", {}, "no rows", NDJSON),
     # Values the table cannot hold are refused before a job exists.
-    _bad("text-gets-number", '[{"note": "M"}, {"note": 5}]', {"index": 1, "column": "note"}, "got number"),
+    _bad("text-gets-number", '[{"note": "M"}, {"note": 5}]', {"index": 1, "column": "note"}, "got the number 5"),
     _bad("not-null-gets-null", '{"note": "M", "tag": null}', {"index": 0, "column": "tag"}, "got null"),
     _bad("ndjson-text-gets-object", '{"note": "M"}\n{"note": {"a": 1}}', {"line": 2, "column": "note"},
          "got object", NDJSON),
@@ -479,7 +479,7 @@ def test_value_nested_too_deep_is_refused_or_final_never_500(gw: Cluster, db: ps
     (ride(2_100_001, from_date="not a date"), "from_date", "date-time"),
     ({k: v for k, v in ride(2_100_002).items() if k != "user_id"}, "user_id", "missing column"),
     (ride(2_100_003, travel_type_id=70_000), "travel_type_id", "out of range"),
-    (ride(2_100_004, online_booking="maybe"), "online_booking", "got string"),
+    (ride(2_100_004, online_booking="maybe"), "online_booking", "got the string 'maybe'"),
     (ride(2_100_005, car_cancellation=None), "car_cancellation", "got null"),
 ], ids=["bad-timestamp", "missing-not-null", "smallint-range", "boolean-as-string", "not-null-gets-null"])
 def test_ride_values_are_checked_before_a_job_exists(gw: Cluster, db: psycopg.Connection, row: dict,
