@@ -11,6 +11,12 @@ sent and the pending bounds hold; otherwise it is answered 503 with
 Retry-After. An admitted job that still meets a full queue waits in the
 unsent queue, which the sender drains as soon as sinks take frames again.
 
+Jobs admitted during one turn of the event loop are sent together at its
+end: a PUSH onto a pipe the I/O thread sleeps on wakes that thread (a system
+call and, on a busy machine, a context switch), while the sends that follow
+it in a burst find it awake. On 2 cores that is about 23 us against 2.4 us a
+send for single-row jobs.
+
 A job with no final status ``gateway.redelivery_timeout_s`` after it was sent
 is sent again (then after doubling waits); sinks skip jobs the ledger already
 holds and report their fate.
@@ -58,7 +64,8 @@ class Pipeline:
         self._push_now = zmq.Socket.shadow(self._push.underlying)
         self._sub = configure(self._ctx.socket(zmq.SUB), linger_ms=0)
         self._tasks: list[asyncio.Task[None]] = []
-        self._unsent: deque[str] = deque()
+        self._unsent: deque[str] = deque()  # jobs a sink could not take yet, oldest first
+        self._burst: list[JobRecord] = []  # jobs admitted this turn of the loop, sent at its end
         self._wake = asyncio.Event()
         # Sink connections to the PUSH socket, counted from its monitor events.
         self.sinks_connected = 0
@@ -104,10 +111,21 @@ class Pipeline:
         self._enqueue(rec)
 
     def _enqueue(self, rec: JobRecord) -> None:
-        if not self._unsent and self._send(rec):
+        if self._unsent:  # behind jobs that wait for a sink: keep the order
+            self._unsent.append(rec.job_id)
+            self._wake.set()
             return
-        self._unsent.append(rec.job_id)
-        self._wake.set()
+        if not self._burst:
+            asyncio.get_running_loop().call_soon(self._send_burst)
+        self._burst.append(rec)
+
+    def _send_burst(self) -> None:
+        burst, self._burst = self._burst, []
+        for i, rec in enumerate(burst):
+            if not self._send(rec):
+                self._unsent.extend(r.job_id for r in burst[i:])
+                self._wake.set()
+                return
 
     def _send(self, rec: JobRecord) -> bool:
         assert rec.frame is not None

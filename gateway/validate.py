@@ -160,8 +160,25 @@ ISO_FORMS = {
     "timestamp": re.compile(rf"{_DATE}(?:[T ]{_TIME}{_OFFSET})?"),
     "time": re.compile(rf"{_TIME}{_OFFSET}"),
 }
-# The same forms, one a line: a column's strings joined by newlines are checked by one regex pass.
-ISO_LINES = {form: re.compile(rf"(?:(?:{p.pattern})\n)*(?:{p.pattern})") for form, p in ISO_FORMS.items()}
+# Every ASCII digit made "0": a column's values reduce to the few shapes they take.
+_DIGITS_TO_ZERO = bytes.maketrans(b"0123456789", b"0" * 10)
+
+
+def iso_shapes_fine(strs: list[str], form: str) -> bool:
+    """True when every string has one of the ISO 8601 forms ``form`` allows (it may still not parse).
+
+    A column's values differ in their digits and rarely in their shape: the values
+    are joined, their digits zeroed, and each distinct shape (a handful) matched
+    once, in C-level passes. A regex over every value cost about 2 ms of the 6 ms
+    that 1,000 rides with four timestamps take to check. Non-ASCII text, or a value
+    holding a newline, answers False and is looked at value by value.
+    """
+    joined = "\n".join(strs)
+    if not joined.isascii() or joined.count("\n") != len(strs) - 1:
+        return False
+    pattern = ISO_FORMS[form]
+    return all(pattern.fullmatch(shape) for shape in
+               set(joined.encode("ascii").translate(_DIGITS_TO_ZERO).decode("ascii").split("\n")))
 
 
 def _parsed_by(parse: Callable[[str], Any], what: str, infinities: bool, form: re.Pattern[str]) -> Check:
@@ -356,7 +373,7 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
             return False
         parse, form = parser
         strs = [v for v in values if v is not None]
-        if not ISO_LINES[form].fullmatch("\n".join(strs)):
+        if not iso_shapes_fine(strs, form):
             return False
         try:
             list(map(parse, strs))

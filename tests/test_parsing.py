@@ -203,10 +203,14 @@ GOOD_TIMES = {"d": "2013-05-31", "ts": "2013-05-31T22:25:00+05:30", "t": "22:25:
     ("ts", "2013-05-31T22:25:00Z\n"),
     ("d", "20130531"),
     ("ts", "2013-02-30T00:00:00Z"),
+    ("d", "2013-W22-5"),  # a week date: Python reads it, PostgreSQL does not
+    ("d", "2013-05-3\u0661"),  # an Arabic-Indic digit
+    ("ts", ""),
+    ("t", "22:25:00.1234567"),
 ])
 def test_a_bad_date_or_time_among_good_ones_is_named(column: str, bad: str) -> None:
-    """Columns are checked whole (one regex pass over the values joined by newlines): a value holding
-    a newline must not pass as two good ones."""
+    """Columns are checked whole (the values joined by newlines, reduced to their shapes): a value
+    holding a newline must not pass as two good ones."""
     rows = [GOOD_TIMES, GOOD_TIMES, {**GOOD_TIMES, column: bad}, GOOD_TIMES]
     exc = body_error(orjson.dumps(rows), JSON, TIMES)
     assert exc.as_json() == {"error": str(exc), "index": 2, "column": column}
