@@ -40,12 +40,12 @@ from benchmarks.soak import soak
 from benchmarks.systems import Bare, Env, Naive, OriginalDesign, System, Zingest
 
 EXIT_OK, EXIT_FAILED, EXIT_CANNOT_RUN = 0, 1, 2
+DEFAULT_OUT = ROOT / "benchmarks" / "results"
+SIZES = (1, 1000)
 
 
 class CannotRun(RuntimeError):
     """Something the full run needs is missing; the message says what to install."""
-DEFAULT_OUT = ROOT / "benchmarks" / "results"
-SIZES = (1, 1000)
 
 
 @dataclass(frozen=True)

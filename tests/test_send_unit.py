@@ -119,10 +119,10 @@ def test_summary_counts_rows_and_lists_problems() -> None:
     assert summary.rows_per_s == 1.5
     assert not summary.ok
     assert summary.lines() == [
-        "sent 10 rows in 2 jobs: 3 committed, 4 failed, 3 rejected in 2.00 s (2 rows/s)",
+        "sent 10 rows in 2 jobs: 3 committed, 4 failed, 3 refused by the gateway in 2.00 s (2 rows/s)",
         "failed job b (3 rows from line 4): duplicate key",
         "failed batch (1 rows from line 10): not accepted within 1 s",
-        "rejected batch (3 rows from line 7): HTTP 400: line 1: not an object",
+        "refused batch (3 rows from line 7): HTTP 400: line 1: not an object",
     ]
     doc = summary.as_dict()
     assert [f["job_id"] for f in doc["failed_jobs"]] == ["b", None]
@@ -254,7 +254,7 @@ def test_send_retries_a_503_and_waits_for_every_job(tmp_path: Path, capsys: pyte
         code = send.main([str(path), "--table", "rides", "--url", url, "--batch-rows", "3", "--quiet"])
     out = capsys.readouterr().out.splitlines()
     assert code == 0
-    assert out[0].startswith("sent 10 rows in 4 jobs: 10 committed, 0 failed, 0 rejected in ")
+    assert out[0].startswith("sent 10 rows in 4 jobs: 10 committed, 0 failed, 0 refused by the gateway in ")
     assert len(out) == 1
     assert gateway.busy_answers == 1
     assert len(gateway.posts) == 5  # four batches, one of them sent twice
@@ -289,7 +289,7 @@ def test_send_json_array_from_stdin(
     with serve(gateway) as url:
         code = send.main(["-", "--table", "people", "--url", url, "--batch-rows", "2", "--quiet"])
     assert code == 0
-    assert capsys.readouterr().out.startswith("sent 5 rows in 3 jobs: 5 committed, 0 failed, 0 rejected")
+    assert capsys.readouterr().out.startswith("sent 5 rows in 3 jobs: 5 committed, 0 failed, 0 refused by the gateway")
     sent = [orjson.loads(line) for _, _, body in gateway.posts for line in body.splitlines()]
     assert sorted(sent, key=lambda r: r["id"]) == rows
     assert {table for table, _, _ in gateway.posts} == {"people"}
@@ -317,7 +317,7 @@ def test_a_job_the_gateway_does_not_know_is_unknown_not_failed(tmp_path: Path,
         code = send.main([str(path), "--table", "rides", "--url", url, "--timeout", "0.3", "--quiet"])
     out = capsys.readouterr().out.splitlines()
     assert code == 1
-    assert out[0].startswith("sent 1 rows in 1 jobs: 0 committed, 0 failed, 0 rejected, 1 unknown")
+    assert out[0].startswith("sent 1 rows in 1 jobs: 0 committed, 0 failed, 0 refused by the gateway, 1 unknown")
     assert out[1].startswith("unknown: these may have landed")
     assert "no final status within 0.3 s (last status: unknown job id (404 not_found))" in out[2]
     assert sum(gateway.polls.values()) >= 3  # kept polling until the deadline

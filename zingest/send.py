@@ -1,7 +1,7 @@
 """`zingest send`: post a NDJSON or JSON-array file through a gateway and wait for every job.
 
 ``zingest send FILE --table T [--url URL | --config PATH] [--batch-rows N]
-[--concurrency C] [--timeout S] [--json] [--quiet]``
+[--concurrency C] [--timeout S] [--key PREFIX] [--json] [--quiet]``
 
 1. The file (``-`` is stdin) is split into batches of ``--batch-rows`` rows.
    NDJSON lines are forwarded byte for byte; the objects of a JSON array
@@ -10,6 +10,9 @@
    (``application/x-ndjson``). ``202`` names the job; ``503``/``429`` mean the
    gateway is full: wait ``Retry-After`` and send the same batch again, for at
    most ``--timeout`` seconds per batch; any other ``4xx`` rejects the batch.
+   With ``--key PREFIX`` each batch carries ``Idempotency-Key: PREFIX:<first
+   line>``, so the same file sent again with the same prefix and batch size is
+   answered with the first jobs.
 3. Once everything is posted, ``GET {url}/v1/jobs/{id}`` is polled for every
    job (at most ``--concurrency`` requests at a time, interval doubling from
    20 ms to 0.5 s) until each is committed or failed, for at most ``--timeout``,
@@ -237,8 +240,10 @@ class Summary:
         rejected_rows = sum(r.rows for r in self.rejected)
         unknown = f", {sum(r.rows for r in self.unknown)} unknown" if self.unknown else ""
         out = [
+            # "failed": rows of accepted jobs that did not land (PostgreSQL refused them: dead letters);
+            # "refused": rows of batches the gateway answered with a 4xx (no job was made).
             f"sent {self.rows} rows in {self.jobs} jobs: {self.committed_rows} committed, {failed_rows} failed,"
-            f" {rejected_rows} rejected{unknown} in {self.seconds:.2f} s ({self.rows_per_s:.0f} rows/s)"
+            f" {rejected_rows} refused by the gateway{unknown} in {self.seconds:.2f} s ({self.rows_per_s:.0f} rows/s)"
         ]
         for r in self.failed:
             what = f"job {r.job_id}" if r.job_id else "batch"
@@ -248,7 +253,7 @@ class Summary:
             else:
                 out.append(f"failed {what} ({r.rows} rows from line {r.first_line}): {r.error}")
         for r in self.rejected:
-            out.append(f"rejected batch ({r.rows} rows from line {r.first_line}): {r.error}")
+            out.append(f"refused batch ({r.rows} rows from line {r.first_line}): {r.error}")
         if self.unknown:
             out.append("unknown: these may have landed; do not send them again before looking them up"
                        " (GET /v1/jobs/<job id>)")
@@ -323,6 +328,12 @@ class Options:
     table: str
     concurrency: int = DEFAULT_CONCURRENCY
     timeout_s: float = DEFAULT_TIMEOUT_S
+    # With a prefix, each batch goes under Idempotency-Key "<prefix>:<its first line>": sending the same
+    # file again with the same prefix and --batch-rows returns the first jobs instead of landing rows twice.
+    key_prefix: str | None = None
+
+    def batch_key(self, batch: Batch) -> str | None:
+        return None if self.key_prefix is None else f"{self.key_prefix}:{batch.first_line}"
 
 
 async def bounded_map(func: Callable[[T], Awaitable[R]], items: Iterable[T], concurrency: int) -> list[R]:
@@ -467,7 +478,7 @@ async def send(source: Source, options: Options, progress: tqdm[Any]) -> tuple[l
         started = time.perf_counter()
 
         async def post(batch: Batch) -> Result:
-            result = await post_batch(session, ingest_url, batch, options.timeout_s)
+            result = await post_batch(session, ingest_url, batch, options.timeout_s, options.batch_key(batch))
             progress.update(batch.rows)
             return result
 
@@ -537,9 +548,24 @@ def _parser() -> argparse.ArgumentParser:
         "--timeout", type=_positive_float, default=DEFAULT_TIMEOUT_S, metavar="S",
         help=f"seconds a batch may wait on a full gateway, and the jobs to finish (default {DEFAULT_TIMEOUT_S:g})",
     )
+    parser.add_argument(
+        "--key", type=key_prefix, metavar="PREFIX",
+        help="send batch k under Idempotency-Key PREFIX:<first line of k>, so that sending the file again with the"
+             " same PREFIX and --batch-rows (after a crash, or jobs of unknown fate) lands nothing twice",
+    )
     parser.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     return parser
+
+
+# Room left in the gateway's 255-character Idempotency-Key for ":" and a line number.
+MAX_KEY_PREFIX_LEN = 200
+
+
+def key_prefix(text: str) -> str:
+    if not (0 < len(text) <= MAX_KEY_PREFIX_LEN and text.isascii() and text.isprintable()):
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_KEY_PREFIX_LEN} printable ASCII characters")
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -550,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
 
     try:
-        options = Options(gateway_url(args.url, args.config), args.table, args.concurrency, args.timeout)
+        options = Options(gateway_url(args.url, args.config), args.table, args.concurrency, args.timeout, args.key)
     except ConfigError as exc:
         return fail(str(exc))
     with contextlib.ExitStack() as stack:
