@@ -158,13 +158,34 @@ def run(plan: Plan, work: Path, only: set[str] | None = None) -> dict[str, Any]:
     return results
 
 
+def write_report(results: dict[str, Any], out: Path) -> None:
+    results["plots"] = plots.write_all(results, out)
+    (out / "report.md").write_text(report.markdown(results), encoding="utf-8")
+
+
+def render(out: Path) -> int:
+    """report.md and the plots again from a results.json (after benchmarks/analysis.md changed, say)."""
+    try:
+        results = orjson.loads((out / "results.json").read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        print(f"benchmarks: cannot read {out / 'results.json'}: {exc}", file=sys.stderr)
+        return EXIT_CANNOT_RUN
+    write_report(results, out)
+    print(f"results: {out}", file=sys.stderr)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a small smoke of the harness (CI)")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results; quick: a temporary one)")
     p.add_argument("--keep-work", action="store_true", help="keep the work folder (logs, database) afterwards")
     p.add_argument("--only", metavar="KEYS", help="comma-separated systems to run (e.g. copy-1,zingest-disk-2,soak)")
+    p.add_argument("--render", type=Path, metavar="DIR",
+                   help="run nothing: write DIR/report.md and the plots again from DIR/results.json")
     args = p.parse_args(argv)
+    if args.render is not None:
+        return render(args.render)
     plan = QUICK if args.quick else FULL
     known = {c.key for c in ALL_CASES} | {"soak"}
     if args.only and (unknown := set(args.only.split(",")) - known):
@@ -187,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     results["targets"] = targets.targets(results)
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS))
-    results["plots"] = plots.write_all(results, out)
-    (out / "report.md").write_text(report.markdown(results), encoding="utf-8")
+    write_report(results, out)
     failed = [f"{r['system']} x{r['size']}: {r['problem']}" for r in results["cases"] if r["status"] != OK]
     if results["soak"]["status"] == FAILED:
         failed.append(f"soak: {results['soak']['problem']}")

@@ -1,12 +1,20 @@
-"""``report.md`` from ``results.json``: tables per request size, the targets, the soak, how it was measured."""
+"""``report.md`` from ``results.json``: tables per request size, the targets, the soak, how it was measured.
+
+The reading of the figures (why a target is missed, what each optimisation
+bought) is written by people, in ``benchmarks/analysis.md``, and placed after
+the targets.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from benchmarks.data import ROOT
+
 from benchmarks.targets import busiest, half
 
 SIZE_TITLES = {1000: "1,000-row requests", 1: "Single-row requests"}
+ANALYSIS = ROOT / "benchmarks" / "analysis.md"
 
 
 def num(value: float | None, digits: int = 0) -> str:
@@ -194,7 +202,10 @@ def markdown(results: dict[str, Any]) -> str:
         cases = [c for c in results.get("cases", []) if c["size"] == size]
         if cases:
             out += [f"## {SIZE_TITLES[size]}", "", HEADER, *("| " + _row(c) + " |" for c in cases), ""]
-    out += ["## Targets (issue 5)", "", *_targets(results), "",
+    out += ["## Targets (issue 5)", "", *_targets(results), ""]
+    if ANALYSIS.exists():
+        out += [ANALYSIS.read_text(encoding="utf-8").rstrip(), ""]
+    out += [
             "## Where the CPU went at the maximum", "", *_cpu(results), "", "## Soak", "", *_soak(results), ""]
     plots = results.get("plots") or {}
     if plots:
