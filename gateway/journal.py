@@ -9,6 +9,14 @@ On disk: segment files ``<journal_dir>/<seq>.journal``, each a run of records
 a crash, or whose checksum does not match, ends its segment's replay: its
 append never completed, so no client was told it was accepted.
 
+An append is durable only once every byte of its group is written and
+fsynced. When a write or fsync fails (a full disk cuts a write short, then
+refuses the rest), every job of that group is refused and the segment is cut
+back to where the group began, so later records never sit behind a torn one.
+If even the cut fails, that segment is closed for good and later groups go to
+a new one; replay reads each segment on its own, so a torn tail hides nothing
+written after it.
+
 A segment is deleted once every job in it is final (``done``); the segment
 being written is kept. At start the gateway replays all segments, asks the
 ledger which jobs are already final, copies the others into a fresh segment
@@ -18,6 +26,7 @@ and deletes the old ones.
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -56,6 +65,16 @@ def _encode(payload: bytes) -> bytes:
     return _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    """Write every byte of ``data`` or raise: a short write is how a filling disk first shows."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        if written == 0:
+            raise OSError(errno.ENOSPC, f"write stored 0 of the last {len(view)} bytes")
+        view = view[written:]
+
+
 class Journal:
     def __init__(self, directory: Path, segment_bytes: int, fsync: bool = True) -> None:
         self.directory = directory
@@ -71,7 +90,9 @@ class Journal:
         self._group: asyncio.Future[None] | None = None
         self._flusher: asyncio.Task[None] | None = None
         self._lock_fd = -1
+        self._torn = False  # the segment holds a failed group it could not be cut back from
         self.fsyncs = 0
+        self.failed_groups = 0
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -99,10 +120,9 @@ class Journal:
         self._seq = int(old[-1].stem) + 1 if old else 1
         self._open_segment()
         if keep:
-            data = b"".join(_encode(frame) for _, frame in keep)
-            os.write(self._fd, data)
-            self._size += len(data)
-            self._sync()
+            # If this fails the gateway does not start and the old segments stay; replay
+            # keys jobs by id, so copies left in this segment are harmless.
+            self._write(b"".join(_encode(frame) for _, frame in keep))
             self._live[self._seq] = len(keep)
             for job_id, _ in keep:
                 self._where[job_id] = self._seq
@@ -150,9 +170,16 @@ class Journal:
             self._buffer, self._ids, self._group = [], [], None
             assert group is not None
             try:
+                if self._fd < 0:
+                    self._open_segment()  # the last one was retired; a failure here refuses this group only
                 await loop.run_in_executor(None, self._write, data)
             except OSError as exc:
-                group.set_exception(exc)
+                self.failed_groups += 1
+                log.error("journal: a group of %d jobs was not recorded (%d groups failed so far): %s",
+                          len(ids), self.failed_groups, exc)
+                group.set_exception(exc)  # every job of the group: none of its bytes stay on disk
+                if self._torn:
+                    self._retire()
                 continue
             seq = self._seq
             self._live[seq] = self._live.get(seq, 0) + len(ids)
@@ -160,18 +187,39 @@ class Journal:
                 self._where[job_id] = seq
             group.set_result(None)
             if self._size >= self.segment_bytes:
-                self._rotate()
+                self._retire()
 
     def _write(self, data: bytes) -> None:
-        os.write(self._fd, data)
+        """Append and fsync ``data`` (in a worker thread); on failure, leave no byte of it behind."""
+        start = self._size
+        try:
+            _write_all(self._fd, data)
+            self._sync()
+        except OSError:
+            self._cut_back(start)
+            raise
         self._size += len(data)
-        self._sync()
 
-    def _rotate(self) -> None:
-        os.close(self._fd)
+    def _cut_back(self, size: int) -> None:
+        try:
+            os.ftruncate(self._fd, size)
+            self._sync()
+        except OSError as exc:
+            # Appending behind a torn record would hide every later record from replay.
+            log.error("journal: cannot cut segment %d back to byte %d (%s); later jobs go to a new segment",
+                      self._seq, size, exc)
+            self._torn = True
+
+    def _retire(self) -> None:
+        """Stop appending to the current segment; the next group opens the next one."""
+        try:
+            os.close(self._fd)
+        except OSError as exc:  # the descriptor is released anyway; its data was fsynced or refused
+            log.warning("journal: closing segment %d: %s", self._seq, exc)
+        self._fd = -1
+        self._torn = False
         finished = self._seq
         self._seq += 1
-        self._open_segment()
         self._reclaim(finished)
 
     def done(self, job_id: str) -> None:
