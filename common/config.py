@@ -52,6 +52,10 @@ class GatewayConfig:
     max_depth: int = 32
     # Longest string value, in UTF-8 bytes (400 past it).
     max_string_bytes: int = 1024 * 1024
+    # Seconds a request body may take to arrive once its headers have (408 past it).
+    body_timeout_s: float = 60.0
+    # Request bodies being read, checked and journalled at once, in decoded bytes (503 past it).
+    max_inflight_bytes: int = 256 * 1024 * 1024
     # Final job statuses kept in memory; older ones are answered from the ledger table.
     status_capacity: int = 100_000
     # Frames queued toward sinks before a POST is answered 503 (ZeroMQ send high-water mark).
@@ -206,6 +210,8 @@ def _check(cfg: Config) -> None:
         "gateway.max_rows": g.max_rows,
         "gateway.max_depth": g.max_depth,
         "gateway.max_string_bytes": g.max_string_bytes,
+        "gateway.body_timeout_s": g.body_timeout_s,
+        "gateway.max_inflight_bytes": g.max_inflight_bytes,
         "gateway.status_capacity": g.status_capacity,
         "gateway.send_hwm": g.send_hwm,
         "gateway.redelivery_timeout_s": g.redelivery_timeout_s,

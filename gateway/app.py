@@ -36,6 +36,7 @@ from gateway.catalog import Table
 from gateway.db import Database
 from gateway.errors import BodyError
 from gateway.formats import MEDIA_TYPES, Limits, parse_body, read_body
+from gateway.limits import Hold, InflightBytes
 from gateway.journal import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import spec
@@ -52,6 +53,7 @@ JOURNAL = web.AppKey("journal", Journal)
 METRICS = web.AppKey("metrics", GatewayMetrics)
 KEY_LOCKS = web.AppKey("key_locks", KeyLocks)
 LIMITS = web.AppKey("limits", Limits)
+INFLIGHT = web.AppKey("inflight", InflightBytes)
 
 # What new_job_id makes; anything else cannot be in the ledger, so it is not looked up.
 JOB_ID = re.compile(r"[0-9a-f]{32}")
@@ -61,6 +63,7 @@ _REFUSALS = {
     "no_sink": "no sink is connected to take the job; retry later",
     "sinks_full": "every sink is busy; retry later",
     "buffer_full": "the gateway holds as much unfinished work as it may; retry later",
+    "inflight": "the gateway is reading as many request bodies as it may (gateway.max_inflight_bytes); retry later",
 }
 
 
@@ -99,9 +102,17 @@ def unavailable(app: web.Application, reason: str, text: str) -> web.Response:
     return json_response({"error": text}, 503, {"Retry-After": str(app[CONFIG].gateway.retry_after_s)})
 
 
+_WAIT_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
+
+
+def wants_wait(request: web.Request) -> bool | None:
+    """?wait=true|false (1/0, yes/no, any case; absent: false), or None for a value that is neither."""
+    return _WAIT_WORDS.get(request.query.get("wait", "false").lower())
+
+
 async def _answer_job(request: web.Request, rec: JobRecord, replayed: bool = False) -> web.Response:
     headers = {"Idempotent-Replayed": "true"} if replayed else None
-    if request.query.get("wait") in ("1", "true"):
+    if wants_wait(request):
         if rec.state.final:  # e.g. an earlier job found in the ledger
             return json_response(job_view(rec), 200, headers)
         final = await request.app[STORE].wait_final(rec.job_id, request.app[CONFIG].gateway.wait_timeout_s)
@@ -131,41 +142,64 @@ async def ingest(request: web.Request) -> web.Response:
         return unavailable(app, "database", "the database cannot be reached to check the table; retry later")
     if table is None:
         return json_response({"error": f"unknown table {name!r}"}, 404)
+    if wants_wait(request) is None:
+        return json_response({"error": f"wait must be true or false, got {request.query['wait'][:40]!r}"}, 400)
     if request.content_type not in MEDIA_TYPES:
         return json_response(
             {"error": f"unsupported media type {request.content_type!r}; send one of {', '.join(MEDIA_TYPES)}"}, 415
         )
 
-    key = request.headers.get("Idempotency-Key")
+    keys = request.headers.getall("Idempotency-Key", [])
+    if len(keys) > 1:
+        return json_response({"error": "more than one Idempotency-Key header; send one"}, 400)
+    key = keys[0] if keys else None
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LEN and key.isascii() and key.isprintable()):
         return json_response({"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable "
                                        "ASCII characters"}, 400)
-    limits = app[LIMITS]
+    hold = app[INFLIGHT].hold(request.content_length or 0)  # a body this long is on its way
+    if hold is None:
+        return unavailable(app, "inflight", _REFUSALS["inflight"])
+    try:
+        outcome = await _read_and_admit(request, name, table, key, hold)
+    finally:
+        hold.release()  # the body and its parsed rows are gone with _read_and_admit's frame
+    if isinstance(outcome, web.Response):
+        return outcome
+    rec, replayed = outcome
+    if replayed:
+        app[METRICS].idempotent_replays.inc()
+    return await _answer_job(request, rec, replayed)  # ?wait=true waits here, holding no body
+
+
+async def _read_and_admit(request: web.Request, name: str, table: Table, key: str | None,
+                          hold: Hold) -> web.Response | tuple[JobRecord, bool]:
+    """Read the body, then the job it makes (or the earlier job of its Idempotency-Key): (job, replayed)."""
+    app = request.app
     try:
         # Read the whole body first, outside any key's lock: a slow upload must not hold up a retry.
-        body = await read_body(request, limits)  # decompressed, and never past gateway.max_body_bytes
-    except BodyError as exc:  # LimitError (413, 400) and UnsupportedEncoding (415) carry their status
+        body = await read_body(request, app[LIMITS])  # decompressed, and never past gateway.max_body_bytes
+    except BodyError as exc:  # LimitError (413, 408, 400) and UnsupportedEncoding (415) carry their status
         return json_response(exc.as_json(), exc.status)
-    except (ConnectionResetError, asyncio.CancelledError, aiohttp.ClientConnectionResetError):
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        # Nothing was accepted. An answer nobody reads (aiohttp drops it quietly) rather than an
+        # exception, which aiohttp would log as an error with its traceback, once per disconnect.
         log.debug("client left before its body was read; nothing was accepted")
-        raise
+        return json_response({"error": "the connection closed before the body arrived"}, 400)
+    if not hold.grow_to(len(body)):  # a chunked or compressed body: its size is known only now
+        return unavailable(app, "inflight", _REFUSALS["inflight"])
     if key is None:
         accepted = await _accept(request, name, table, None, body)
-        return accepted if isinstance(accepted, web.Response) else await _answer_job(request, accepted)
+        return accepted if isinstance(accepted, web.Response) else (accepted, False)
     # One request per (table, key) at a time: a concurrent retry waits, then finds the first job.
     async with app[KEY_LOCKS].hold((name, key)):
         try:
             earlier = await _earlier_job(app, name, key)
         except psycopg.OperationalError:
             earlier = None  # the ledger's unique (table, key) index still stops a second landing
-        if earlier is None:
-            accepted = await _accept(request, name, table, key, body)
-            if isinstance(accepted, web.Response):
-                return accepted
-    if earlier is not None:
-        app[METRICS].idempotent_replays.inc()
-        return await _answer_job(request, earlier, replayed=True)
-    return await _answer_job(request, accepted)  # ?wait=true waits outside the key's lock
+        if earlier is not None:
+            return earlier, True
+        accepted = await _accept(request, name, table, key, body)
+        return accepted if isinstance(accepted, web.Response) else (accepted, False)
 
 
 async def _accept(request: web.Request, name: str, table: Table, key: str | None,
@@ -178,8 +212,13 @@ async def _accept(request: web.Request, name: str, table: Table, key: str | None
             groups = parse_body(body, request.content_type, table, limits)
         except BodyError as exc:
             # A column added or retyped since the catalog was read: read it again (rate-limited), retry once.
-            if exc.column is None or not await app[DATABASE].refresh_soon():
-                raise
+            # With the database out of reach, the catalog at hand decides.
+            try:
+                if exc.column is None or not await app[DATABASE].refresh_soon():
+                    raise
+            except psycopg.OperationalError as down:
+                log.warning("catalog re-read failed (%s); checking against the catalog at hand", down)
+                raise exc from None
             table = await app[DATABASE].table(name)
             if table is None:
                 return json_response({"error": f"unknown table {name!r}"}, 404)
@@ -215,10 +254,11 @@ async def _accept(request: web.Request, name: str, table: Table, key: str | None
 
 async def job_status(request: web.Request) -> web.Response:
     job_id = request.match_info["job_id"]
-    rec = request.app[STORE].get(job_id)
-    if rec is None and JOB_ID.fullmatch(job_id):
+    wanted = job_id.lower()  # hex digits, in either case
+    rec = request.app[STORE].get(wanted)
+    if rec is None and JOB_ID.fullmatch(wanted):
         try:
-            rec = await request.app[DATABASE].ledger(job_id)
+            rec = await request.app[DATABASE].ledger(wanted)
         except psycopg.OperationalError:
             return unavailable(request.app, "database", "the job is not in memory and the ledger cannot be reached")
     if rec is None:
@@ -317,7 +357,8 @@ def create_app(cfg: Config) -> web.Application:
     app = web.Application(client_max_size=g.max_body_bytes, middlewares=[count_responses],
                           handler_args={"auto_decompress": False})
     app[CONFIG] = cfg
-    app[LIMITS] = Limits(g.max_body_bytes, g.max_rows, g.max_depth, g.max_string_bytes)
+    app[LIMITS] = Limits(g.max_body_bytes, g.max_rows, g.max_depth, g.max_string_bytes, g.body_timeout_s)
+    app[INFLIGHT] = InflightBytes(g.max_inflight_bytes)
     app[STORE] = JobStore(cfg.gateway.status_capacity, cfg.gateway.idempotency_ttl_s)
     app[METRICS] = GatewayMetrics()
     app[KEY_LOCKS] = KeyLocks()

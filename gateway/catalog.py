@@ -17,6 +17,8 @@ class Column:
     has_default: bool
     identity: bool = False
     generated: bool = False
+    # GENERATED ALWAYS AS IDENTITY: INSERT refuses a value for it, but COPY would store one, so we refuse.
+    identity_always: bool = False
 
     @property
     def required(self) -> bool:
@@ -33,6 +35,10 @@ class Table:
     def exact_numbers(self) -> bool:
         """Numbers must be read exactly (not as double precision): the table has numeric columns."""
         return any(c.data_type.startswith("numeric") for c in self.columns.values())
+
+    @cached_property
+    def array_columns(self) -> frozenset[str]:
+        return frozenset(c.name for c in self.columns.values() if c.data_type.endswith("[]"))
 
     @cached_property
     def json_columns(self) -> frozenset[str]:

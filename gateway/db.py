@@ -30,7 +30,8 @@ SELECT c.relname, a.attname,
        CASE WHEN t.typtype = 'd' THEN format_type(t.typbasetype, t.typtypmod)
             ELSE format_type(a.atttypid, a.atttypmod) END,
        NOT a.attnotnull AND NOT (t.typtype = 'd' AND t.typnotnull),
-       a.atthasdef OR (t.typtype = 'd' AND t.typdefault IS NOT NULL), a.attidentity <> '', a.attgenerated <> ''
+       a.atthasdef OR (t.typtype = 'd' AND t.typdefault IS NOT NULL), a.attidentity <> '', a.attgenerated <> '',
+       a.attidentity = 'a'
   FROM pg_class c
   JOIN pg_namespace n ON n.oid = c.relnamespace
   JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
@@ -56,6 +57,8 @@ class Database:
         self._conn: psycopg.AsyncConnection | None = None
         self._lock = asyncio.Lock()
         self._refreshed_at = 0.0
+        # One catalog read at a time: requests that find it stale together share the read.
+        self._refreshing = asyncio.Lock()
         self.tables: dict[str, Table] = {}
 
     async def open(self) -> None:
@@ -90,10 +93,11 @@ class Database:
 
     async def refresh(self) -> None:
         columns: dict[str, dict[str, Column]] = {}
-        for table, name, data_type, nullable, has_default, identity, generated in await self._fetch(_CATALOG):
+        for table, name, data_type, nullable, has_default, identity, generated, always in await self._fetch(_CATALOG):
             if self._allowed and table not in self._allowed:
                 continue
-            columns.setdefault(table, {})[name] = Column(name, data_type, nullable, has_default, identity, generated)
+            columns.setdefault(table, {})[name] = Column(name, data_type, nullable, has_default, identity, generated,
+                                                         always)
         self.tables = {name: Table(name, cols) for name, cols in columns.items()}
         self._refreshed_at = time.monotonic()
         missing = self._allowed - self.tables.keys()
@@ -102,16 +106,20 @@ class Database:
         log.info("catalog: %d writable tables", len(self.tables))
 
     async def refresh_soon(self) -> bool:
-        """Re-read the catalog unless it was read less than REFRESH_MIN_S ago; True if it was re-read."""
-        if time.monotonic() - self._refreshed_at < REFRESH_MIN_S:
+        """Re-read the catalog unless it was read less than REFRESH_MIN_S ago; True if it was re-read
+        (by this call, or by another one this call waited for)."""
+        seen = self._refreshed_at
+        if time.monotonic() - seen < REFRESH_MIN_S:
             return False
-        await self.refresh()
+        async with self._refreshing:
+            if self._refreshed_at != seen:
+                return True  # read while we waited
+            await self.refresh()
         return True
 
     async def table(self, name: str) -> Table | None:
         table = self.tables.get(name)
-        if table is None and time.monotonic() - self._refreshed_at >= REFRESH_MIN_S:
-            await self.refresh()
+        if table is None and await self.refresh_soon():
             table = self.tables.get(name)
         return table
 

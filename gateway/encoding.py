@@ -6,11 +6,12 @@ that reads an aiohttp request (:func:`read_body`) and its pure decoder.
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BodyError
-from gateway.limits import Limits, UnsupportedEncoding, too_large
+from gateway.limits import Limits, UnsupportedEncoding, too_large, too_slow
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -111,8 +112,14 @@ async def read_body(request: web.Request, limits: Limits) -> bytes:
     if request.content_length is not None and request.content_length > limits.max_body_bytes:
         raise too_large(limits.max_body_bytes, "body" if coding == "identity" else "compressed")
     decoder = BodyDecoder(coding, limits.max_body_bytes)
-    async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
-        decoder.feed(chunk)
+    try:
+        # A client that sends its headers and then trickles (or never sends) its body must not
+        # hold a connection and a buffer for ever.
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
+                decoder.feed(chunk)
+    except TimeoutError:
+        raise too_slow(limits) from None
     return decoder.finish()
 
 

@@ -93,6 +93,9 @@ MEDIA_TYPES = (JSON, NDJSON, MSGPACK, MSGPACK_ALIAS, CSV)
 _SCALARS = frozenset({int, float, bool, type(None), Decimal})
 
 
+UTF8_BOM = b"\xef\xbb\xbf"
+
+
 def canonical_media_type(media_type: str) -> str:
     return MSGPACK if media_type == MSGPACK_ALIAS else media_type
 
@@ -103,6 +106,8 @@ def parse_body(body: bytes, media_type: str, table: Table, limits: Limits) -> tu
     if media_type == CSV:
         columns, rows, lines = csv_rows(body, limits)
         return rows_from_text(columns, rows, [f"line {n}" for n in lines], table, check_nul=b"\x00" in body)
+    if media_type in (JSON, NDJSON) and body.startswith(UTF8_BOM):
+        body = body[len(UTF8_BOM):]  # a byte order mark, as some Windows tools write (and CSV allows)
     # A NUL can only be in a JSON string as the escape \u0000; in msgpack it is a raw byte.
     check_nul = (b"\\u0000" in body) if media_type in (JSON, NDJSON) else (b"\x00" in body)
     return rows_from_objects(objects(body, media_type, limits, table.exact_numbers), table, check_nul)

@@ -14,12 +14,53 @@ class Limits:
     max_rows: int
     max_depth: int
     max_string_bytes: int
+    body_timeout_s: float = 60.0
+
+
+class InflightBytes:
+    """Bytes of request bodies the gateway holds at once (gateway.max_inflight_bytes): bodies, and the rows
+    parsed from them (several times their size), are memory no pending-work bound counts yet.
+
+    A request holds its Content-Length before its body is read, and its decoded size once read. With
+    nothing else held, one request may hold any size: gateway.max_body_bytes bounds it alone.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+
+    def hold(self, n: int) -> Hold | None:
+        hold = Hold(self)
+        return hold if hold.grow_to(n) else None
+
+
+class Hold:
+    """One request's share of :class:`InflightBytes`; release it exactly once."""
+
+    def __init__(self, pool: InflightBytes) -> None:
+        self._pool = pool
+        self.size = 0
+
+    def grow_to(self, n: int) -> bool:
+        extra = n - self.size
+        if extra <= 0:
+            return True
+        pool = self._pool
+        if pool.used - self.size > 0 and pool.used + extra > pool.limit:
+            return False
+        pool.used += extra
+        self.size = n
+        return True
+
+    def release(self) -> None:
+        self._pool.used -= self.size
+        self.size = 0
 
 
 class LimitError(BodyError):
     """The body passes one of the gateway's limits: ``limit`` names the config key, ``value`` its setting."""
 
-    def __init__(self, message: str, *, limit: str, value: int, status: int,
+    def __init__(self, message: str, *, limit: str, value: float, status: int,
                  where: str | None = None, column: str | None = None) -> None:
         self.limit = limit
         self.value = value
@@ -47,6 +88,11 @@ def too_large(limit: int, stage: str) -> LimitError:
     once = " once decompressed" if stage == "decoded" else ""
     return LimitError(f"{what} is larger than gateway.max_body_bytes ({limit} bytes){once}",
                       limit="gateway.max_body_bytes", value=limit, status=413)
+
+
+def too_slow(limits: Limits) -> LimitError:
+    return LimitError(f"the body did not arrive within gateway.body_timeout_s ({limits.body_timeout_s:g} s)",
+                      limit="gateway.body_timeout_s", value=limits.body_timeout_s, status=408)
 
 
 def too_many_rows(limits: Limits) -> LimitError:

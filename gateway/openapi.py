@@ -115,7 +115,7 @@ def spec(media_types: tuple[str, ...]) -> dict[str, Any]:
                         {"name": "table", "in": "path", "required": True, "schema": {"type": "string"}},
                         {"name": "wait", "in": "query", "required": False,
                          "schema": {"type": "string", "enum": ["true", "false", "1", "0"]},
-                         "description": "true: answer once the job is final (200), or 504 after the wait limit"},
+                         "description": "true: answer once the job is final (200), or 504 after the wait limit (also yes/no, in any case; any other value: 400)"},
                         {"name": "Idempotency-Key", "in": "header", "required": False,
                          "schema": {"type": "string", "minLength": 1, "maxLength": 255},
                          "description": "a retry with the same key returns the first job"},

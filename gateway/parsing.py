@@ -95,14 +95,18 @@ def _grouped(table: Table, wheres: list[str], objs: list[Any]) -> list[_Rows]:
 def _checked(table: Table, groups: list[_Rows], check_nul: bool) -> tuple[Group, ...]:
     """Every group's values checked, exact numbers and json values made text: the job's groups."""
     json_columns = table.json_columns
+    array_columns = table.array_columns
     out = []
     exact = table.exact_numbers
     several = len(groups) > 1  # then each row carries its position in the request
     for columns, rows, wheres, positions in groups:
         check_rows(table, columns, rows, wheres, check_nul)
-        if exact or json_columns.intersection(columns):
+        arrays = array_columns.intersection(columns)
+        if exact or arrays or json_columns.intersection(columns):
             rows[:] = map(list, rows)  # about to be rewritten in place
             _numbers_as_text(columns, rows, json_columns)
+            if arrays:
+                _uniform_arrays(columns, rows, arrays, table)
         for i, name in enumerate(columns):
             if name in json_columns:
                 for k, row in enumerate(rows):
@@ -140,6 +144,46 @@ def _numbers_as_text(columns: tuple[str, ...], rows: list[list[Any]], json_colum
             v = row[i]
             if type(v) is Decimal or type(v) is list or (type(v) is int and v not in _INT64):
                 row[i] = _as_text(v)
+
+
+def _uniform_arrays(columns: tuple[str, ...], rows: list[list[Any]], arrays: frozenset[str], table: Table) -> None:
+    """Array values the sink can COPY: psycopg writes a list only when its elements share one Python type.
+
+    JSON mixes them where PostgreSQL does not mind ([1, 2.5] for float8[], [1.5, "2"] for numeric[]):
+    such an array travels with every element as the text PostgreSQL reads for the element type.
+    Elements of json/jsonb arrays always travel as JSON text (a string element is the JSON string).
+    """
+    for i, name in enumerate(columns):
+        if name not in arrays:
+            continue
+        as_json = table.columns[name].data_type.rstrip("[]") in ("json", "jsonb")
+        for row in rows:
+            value = row[i]
+            if type(value) is not list:
+                continue
+            if as_json:
+                row[i] = _map_leaves(value, lambda v: orjson.dumps(v, default=_exact_number).decode())
+            elif len(_leaf_types(value, set())) > 1:
+                row[i] = _map_leaves(value, _element_text)
+
+
+def _leaf_types(value: list[Any], seen: set[type]) -> set[type]:
+    for v in value:
+        if type(v) is list:
+            _leaf_types(v, seen)
+        elif v is not None:
+            seen.add(type(v))
+    return seen
+
+
+def _map_leaves(value: list[Any], f: Callable[[Any], Any]) -> list[Any]:
+    return [_map_leaves(v, f) if type(v) is list else (None if v is None else f(v)) for v in value]
+
+
+def _element_text(v: Any) -> str:
+    if type(v) is bool:
+        return "true" if v else "false"
+    return v if type(v) is str else str(v)
 
 
 def _exact_number(value: Any) -> Any:

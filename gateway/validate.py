@@ -32,10 +32,11 @@ from __future__ import annotations
 import functools
 import math
 import re
-import uuid
+import struct
+import sys
 from collections.abc import Callable
-from datetime import date, datetime, time
-from decimal import Decimal, InvalidOperation
+from datetime import date, datetime, time, timedelta
+from decimal import Decimal
 from typing import Any
 
 from gateway.catalog import Column, Table
@@ -79,7 +80,19 @@ def base_type(data_type: str) -> tuple[str, int | None, int]:
 
 
 # Strings PostgreSQL reads as the type: accepted too (CSV rows and dead letters hold text).
-_INT_TEXT = re.compile(r"\s*[+-]?\d+\s*")
+# ASCII digits only ([0-9], not \d: Python's int() reads other scripts' digits, PostgreSQL does not),
+# no underscores (PostgreSQL 16 reads "1_000", 15 does not).
+_INT_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+_DECIMAL = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+_FLOAT_TEXT = re.compile(rf"\s*(?:{_DECIMAL}|nan|[+-]?inf(?:inity)?)\s*", re.IGNORECASE)
+_NUMERIC_TEXT = _FLOAT_TEXT  # numeric reads the same words (NaN, Infinity since PostgreSQL 14)
+# numeric holds up to 131072 digits before the decimal point ...
+NUMERIC_MAX_ADJUSTED = 131071
+# ... and up to 16383 after it.
+NUMERIC_MAX_SCALE = 16383
+# real is a 4-byte float: a value that rounds to infinity there is out of range.
+REAL_MAX = 3.4028234663852886e38
+REAL_MIN_NORMAL = 1.1754943508222875e-38
 _BOOL_TEXT = frozenset({"t", "f", "true", "false", "yes", "no", "on", "off", "1", "0", "y", "n"})
 
 
@@ -97,28 +110,52 @@ def _int_check(lo: int, hi: int, name: str) -> Check:
     return check
 
 
-def _float_check(v: Any) -> str | None:
-    if type(v) is int or type(v) is float or type(v) is Decimal:
-        return None
-    if type(v) is str:
+def _float_check(name: str) -> Check:
+    """real or double precision: what PostgreSQL's float input takes, and refuses as out of range
+    (a finite value too large for the type, or a non-zero one that would round to zero)."""
+    largest = REAL_MAX if name == "real" else sys.float_info.max
+
+    def check(v: Any) -> str | None:
+        if type(v) is float:
+            return None if not math.isfinite(v) else _in_range(v, v != 0.0, name, largest, v)
+        if type(v) is str:
+            if not _FLOAT_TEXT.fullmatch(v):
+                return f"expected a number, got the string {v[:40]!r}"
+            text = v.strip().lower()
+            if text.lstrip("+-") in ("nan", "inf", "infinity"):
+                return None
+            nonzero = any(c in "123456789" for c in text.split("e")[0])
+        elif type(v) is int or type(v) is Decimal:
+            nonzero = v != 0
+        else:
+            return f"expected a number, got {got(v)}"
         try:
-            float(v)  # also "NaN", "Infinity", "-inf": as PostgreSQL reads them
-        except ValueError:
-            return f"expected a number, got the string {v[:40]!r}"
+            f = float(v)
+        except OverflowError:  # an int too large for any float
+            f = math.inf
+        return _in_range(f, nonzero, name, largest, v)
+
+    def _in_range(f: float, nonzero: bool, name: str, largest: float, v: Any) -> str | None:
+        if math.isinf(f) or abs(f) > largest:
+            return f"{got(v)} is out of range for {name}"
+        if nonzero and (f == 0.0 or (name == "real" and struct.unpack("f", struct.pack("f", f))[0] == 0.0)):
+            return f"{got(v)} is out of range for {name} (too close to zero)"
         return None
-    return f"expected a number, got {got(v)}"
+    return check
 
 
 def _numeric_check(v: Any) -> str | None:
-    if type(v) is int or type(v) is Decimal:
+    if type(v) is int:
         return None
     if type(v) is float:
         return None if math.isfinite(v) else "numeric takes NaN only as the string \"NaN\""
     if type(v) is str:
-        try:
-            Decimal(v)
-        except InvalidOperation:
-            return f"{v!r} is not a number"
+        if not _NUMERIC_TEXT.fullmatch(v):
+            return f"{v[:40]!r} is not a number"
+        v = Decimal(v.strip())
+    if type(v) is Decimal:
+        if v.is_finite() and (v.adjusted() > NUMERIC_MAX_ADJUSTED or v.as_tuple().exponent < -NUMERIC_MAX_SCALE):
+            return f"{got(v)} is out of range for numeric"
         return None
     return f"expected a number, got {got(v)}"
 
@@ -190,20 +227,37 @@ def _parsed_by(parse: Callable[[str], Any], what: str, infinities: bool, form: r
         if not form.fullmatch(v):
             return f"{v[:60]!r} is not {what}"
         try:
-            parse(v)
+            parsed = parse(v)
         except ValueError:
             return f"{v[:60]!r} is not {what}"
+        if not offsets_fine([parsed]):
+            return f"{v[:60]!r}: PostgreSQL takes UTC offsets up to 15:59 only"
         return None
     return check
+
+
+# PostgreSQL refuses a UTC offset of 16 hours or more ("time zone displacement out of range").
+MAX_OFFSET = timedelta(hours=16)
+
+
+def offsets_fine(parsed: list[Any]) -> bool:
+    """Every parsed date, time or date-time has no offset, or one PostgreSQL takes."""
+    if not parsed or type(parsed[0]) is date:
+        return True
+    return all(o is None or -MAX_OFFSET < o < MAX_OFFSET for o in {p.utcoffset() for p in parsed})
+
+
+# What PostgreSQL reads as a uuid: 32 hex digits, a hyphen allowed after any group of four, in braces or not.
+# (Python's uuid.UUID also takes "urn:uuid:" and hyphens anywhere.)
+_HEX4 = "[0-9a-fA-F]{4}"
+_UUID_TEXT = re.compile(rf"{_HEX4}(?:-?{_HEX4}){{7}}|\{{{_HEX4}(?:-?{_HEX4}){{7}}\}}")
 
 
 def _uuid_check(v: Any) -> str | None:
     if type(v) is not str:
         return f"expected a uuid as a string, got {got(v)}"
-    try:
-        uuid.UUID(v)
-    except ValueError:
-        return f"{v!r} is not a uuid"
+    if not _UUID_TEXT.fullmatch(v):
+        return f"{v[:40]!r} is not a uuid"
     return None
 
 
@@ -269,7 +323,7 @@ def _scalar_check(name: str, limit: int | None, check_nul: bool) -> Check | None
     if name in INT_RANGES:
         return _int_check(*INT_RANGES[name], name)
     if name in FLOAT_TYPES:
-        return _float_check
+        return _float_check(name)
     if name == "numeric":
         return _numeric_check
     if name == "boolean":
@@ -305,6 +359,8 @@ def check_columns(table: Table, columns: tuple[str, ...], where: str) -> None:
         col = table.columns[name]
         if col.generated:
             raise BodyError(f"column {name!r} is generated and cannot be written", where, name)
+        if col.identity_always:
+            raise BodyError(f"column {name!r} is GENERATED ALWAYS AS IDENTITY and cannot be written", where, name)
     named = set(columns)
     for col in table.columns.values():
         if col.name not in named and col.required:
@@ -321,7 +377,7 @@ def check_nulls(table: Table, columns: tuple[str, ...], rows: list[list[Any]], w
     """Text rows (CSV): refuse nulls in NOT NULL columns and NUL characters; PostgreSQL parses the rest."""
     for name, values in zip(columns, by_column(columns, rows), strict=True):
         col = table.columns[name]
-        if None in values and not col.nullable and not col.identity:
+        if None in values and not col.nullable:
             k = values.index(None)
             raise BodyError(f"column {name!r} is NOT NULL, got an empty field", wheres[k], name)
         if check_nul:
@@ -362,7 +418,14 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
     if name == "boolean":
         return types == {bool}
     if name in FLOAT_TYPES:
-        return types <= {int, float, Decimal}
+        if not types <= {int, float}:
+            return False
+        sizes = [abs(v) for v in values if v is not None and v == v]  # v == v: not NaN
+        if not sizes:
+            return True
+        if name == "real":  # neither past the 4-byte range nor so small it would round to zero there
+            return max(sizes) <= REAL_MAX and min(sizes) >= REAL_MIN_NORMAL or min(sizes) == 0 == max(sizes)
+        return max(sizes) <= sys.float_info.max
     if name in TEXT_TYPES:
         if types != {str} or check_nul:
             return False
@@ -376,10 +439,10 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
         if not iso_shapes_fine(strs, form):
             return False
         try:
-            list(map(parse, strs))
+            parsed = list(map(parse, strs))
         except ValueError:
             return False  # maybe "infinity", maybe bad: the slow path decides
-        return True
+        return offsets_fine(parsed)
     if name in JSON_TYPES:
         return float not in types and (name == "json" or not check_nul)  # floats: NaN and inf need a look
     return False
