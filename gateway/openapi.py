@@ -129,9 +129,11 @@ def spec(media_types: tuple[str, ...]) -> dict[str, Any]:
                         "202": _json("#/components/schemas/Accepted", "accepted as a job", replayed=True),
                         "400": _error("a row, a value or the body is not acceptable; names where"),
                         "404": _error("no such table (or not in gateway.tables)"),
+                        "408": _error("the body did not arrive within gateway.body_timeout_s"),
                         "413": _error("body or row count over its limit"),
                         "415": _error("media type or content encoding not accepted"),
-                        "503": _error("no sink connected, or buffers full: retry after Retry-After",
+                        "503": _error("no sink connected, buffers full, or too many bodies in flight:"
+                                      " retry after Retry-After",
                                       retry_after=True),
                         "504": _json("#/components/schemas/Job", "?wait=true: not final in time; still tracked"),
                     },
