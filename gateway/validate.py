@@ -103,6 +103,8 @@ def _int_check(lo: int, hi: int, name: str) -> Check:
         if type(v) is int:
             return None if lo <= v <= hi else f"{v} is out of range for {name}"
         if type(v) is float and v.is_integer():
+            if abs(v) >= 2**63:  # orjson reads an integer past 64 bits as a float
+                return f"an integer of about {v:.3g} is out of range for {name}"
             return f"expected an integer, got {v!r}"
         if type(v) is str:
             return f"expected an integer, got the string {v[:40]!r}"
