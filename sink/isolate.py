@@ -26,6 +26,16 @@ from common.wire import Group
 # RecursionError: psycopg adapts nested lists recursively; a deep enough value exhausts the stack.
 BAD_DATA_ERRORS = (psycopg.Error, RecursionError)
 
+# What a NUL character (U+0000) becomes in a dead letter: the six characters \u0000. jsonb cannot hold a
+# NUL even escaped, and the row must still be kept. This form is the one a reader already knows (JSON's
+# own escape) and changes nothing else in the row: text holding the six characters as sent reads the
+# same, so sink.deadletter notes in the dead letter's error when NULs were replaced; only a row that held
+# both is then ambiguous. Escaping every backslash too would make it exact, but would garble every
+# other row with a backslash in it, which is far more common than a NUL.
+NUL_STAND_IN = "\\u0000"
+# Deepest nesting json_safe keeps (orjson refuses past 255 levels, PostgreSQL at its max_stack_depth).
+MAX_JSON_DEPTH = 200
+
 @dataclass(frozen=True)
 class BadRow:
     position: int  # among the job's rows, 0-based
@@ -52,12 +62,18 @@ def copy_line(exc: BaseException, table: str) -> tuple[int | None, str | None]:
 
 def error_text(exc: BaseException) -> str:
     if not isinstance(exc, psycopg.Error):
-        return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}".replace("\x00", NUL_STAND_IN)
     diag = exc.diag
     text = (diag.message_primary or str(exc)).strip()
     if diag.message_detail:
         text += f" ({diag.message_detail.strip()})"
-    return text
+    # Messages are stored as text and in jsonb: one quoting a value must not carry a NUL in with it.
+    return text.replace("\x00", NUL_STAND_IN)
+
+
+def describe(exc: BaseException) -> str:
+    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
+    return f"{state or 'error'}: {error_text(exc)}"
 
 
 def _statement_error(exc: BaseException) -> bool:
@@ -123,9 +139,15 @@ def copy_isolating(conn: psycopg.Connection, cur: psycopg.Cursor, statement: sql
 
 
 def json_safe(value: Any, depth: int = 0) -> Any:
-    """A value as JSON can hold it, for the dead-letter table (PostgreSQL reads these forms back)."""
-    if depth > 200:
+    """A value as jsonb can hold it, for the dead-letter table (PostgreSQL reads these forms back).
+
+    Works on Python values, never on JSON text: a NUL in a string or a key becomes NUL_STAND_IN,
+    and orjson then escapes every backslash, so the six characters \\u0000 sent as text stay text.
+    """
+    if depth > MAX_JSON_DEPTH:
         raise ValueError("nested too deeply to keep")
+    if type(value) is str:
+        return value.replace("\x00", NUL_STAND_IN)
     if type(value) is float and not math.isfinite(value):
         return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     if type(value) is bytes:
@@ -133,5 +155,18 @@ def json_safe(value: Any, depth: int = 0) -> Any:
     if type(value) is list:
         return [json_safe(v, depth + 1) for v in value]
     if type(value) is dict:
-        return {k: json_safe(v, depth + 1) for k, v in value.items()}
+        return {json_safe(k, depth + 1): json_safe(v, depth + 1) for k, v in value.items()}
     return value
+
+
+def holds_nul(value: Any, depth: int = 0) -> bool:
+    """True when a string or a key in ``value`` holds a NUL (json_safe replaces them); as deep as json_safe goes."""
+    if depth > MAX_JSON_DEPTH:
+        return False
+    if type(value) is str:
+        return "\x00" in value
+    if type(value) is list:
+        return any(holds_nul(v, depth + 1) for v in value)
+    if type(value) is dict:
+        return any(holds_nul(k, depth + 1) or holds_nul(v, depth + 1) for k, v in value.items())
+    return False

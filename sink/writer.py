@@ -9,16 +9,19 @@ sees it committed).
 Errors are sorted at the batch boundary:
 
 * transient (:func:`is_transient`: connection lost, server shutting down or
-  starting, deadlock, serialization failure, out of resources) ->
-  :class:`TransientError`; the caller keeps the batch, reconnects with
-  back-off and writes it again;
+  starting, deadlock, serialization failure, out of resources, a lock not
+  granted in time, a statement canceled) -> :class:`TransientError`; the
+  caller keeps the batch, reconnects with back-off and writes it again;
 * anything else (bad value, constraint violation, a program limit such as too
   many array dimensions, a value psycopg cannot adapt) is bad data: each job
   is written again in a transaction of its own, the refused rows are found
   (sink.isolate) and kept in ``zingest.dead_letters`` with their reason, and
   every other row commits. The job reads ``partial`` or, if no row landed,
-  ``failed``. psycopg files some bad data (class 54, 57014) under
-  ``OperationalError`` too, so the class alone cannot decide: the SQLSTATE does.
+  ``failed``. psycopg files some bad data (class 54) under ``OperationalError``
+  too, so the class alone cannot decide: the SQLSTATE does.
+
+Storing a dead letter never fails because of what the row holds
+(sink.deadletter), so no row can stop a sink or make a job come back forever.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from psycopg.types.json import Jsonb
 
 from common.schema import ensure_schema
 from common.wire import Job, JobState, RowError, Status
-from sink.isolate import BAD_DATA_ERRORS, BadRow, copy_isolating, error_text, json_safe
+from sink.deadletter import DeadLetters
+from sink.isolate import BAD_DATA_ERRORS, BadRow, copy_isolating, describe, error_text
 
 log = logging.getLogger(__name__)
 
@@ -59,17 +63,6 @@ UPDATE zingest.ledger SET state = %s, rows_committed = %s, rows_rejected = %s, e
  WHERE job_id = %s
 """
 
-_INSERT_DEAD = """
-INSERT INTO zingest.dead_letters (job_id, table_name, row_number, "row", sqlstate, column_name, error)
-VALUES (%s, %s, %s, %s, %s, %s, %s)
-"""
-
-_JSON_COLUMNS = """
-SELECT attname FROM pg_attribute
- WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped
-   AND atttypid IN ('json'::regtype, 'jsonb'::regtype)
-"""
-
 _SELECT_LEDGER_BY_KEY = """
 SELECT job_id, state, extract(epoch FROM committed_at)::float8, error
   FROM zingest.ledger WHERE table_name = %s AND idempotency_key = %s
@@ -87,9 +80,19 @@ class WriteResult:
     duplicates: int
 
 
-# SQLSTATEs worth retrying: the same batch can succeed later, untouched.
-TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57P01", "57P02", "57P03"})
+# SQLSTATEs worth retrying: the same batch can succeed later, untouched. Not one of them says
+# anything about a row, so none may send good rows to the dead-letter table:
+#   40001 serialization_failure, 40P01 deadlock_detected;
+#   55P03 lock_not_available (lock_timeout), 57014 query_canceled (statement_timeout, pg_cancel_backend;
+#     a COPY psycopg ends for a Python error also reads 57014, but psycopg raises that Python error);
+#   57P01/57P02/57P03 admin shutdown, crash shutdown, cannot connect now; 57P05 idle_session_timeout and
+#   25P03 idle_in_transaction_session_timeout: the server ended the session;
+#   25P02 in_failed_sql_transaction: every statement here runs in its own transaction or savepoint,
+#     rolled back on any error, so this names a broken session, never a row: a fresh connection is the cure.
+TRANSIENT_SQLSTATES = frozenset({"40001", "40P01", "55P03", "57014", "57P01", "57P02", "57P03", "57P05",
+                                 "25P02", "25P03"})
 TRANSIENT_CLASSES = frozenset({"08", "53"})  # connection exceptions, insufficient resources
+QUERY_CANCELED = "57014"
 
 # Refused rows reported in a job's status (all of them are in the dead-letter table).
 MAX_ROW_ERRORS = 5
@@ -115,11 +118,6 @@ def copy_statement(table: str, columns: tuple[str, ...]) -> sql.Composed:
     return sql.SQL("COPY {} ({}) FROM STDIN").format(
         qualified(table), sql.SQL(", ").join(sql.Identifier(c) for c in columns)
     )
-
-
-def describe(exc: BaseException) -> str:
-    state = exc.sqlstate if isinstance(exc, psycopg.Error) else None
-    return f"{state or 'error'}: {error_text(exc)}"
 
 
 def recorded_fates(cur: psycopg.Cursor, jobs: list[Job]) -> list[Status]:
@@ -152,13 +150,17 @@ class PgWriter:
         self._dsn = dsn
         self._application_name = application_name
         self._conn: psycopg.Connection | None = None
-        self._json_columns: dict[str, frozenset[str]] = {}
+        self._statement_timeout: str | None = None  # as SHOW reads it, on the current connection
+        self.cancels = 0  # statements canceled (57014), each one a batch kept and retried
+        self.dead_letters = DeadLetters()
 
     def connect(self) -> None:
         try:
             self._conn = psycopg.connect(self._dsn, application_name=self._application_name, autocommit=True)
             # A timestamptz value sent without an offset means UTC, whatever the server's default is.
             self._conn.execute("SET TIME ZONE 'UTC'")
+            # Read before anything that could be canceled, to say in the warning whether it is the cause.
+            (self._statement_timeout,) = self._conn.execute("SHOW statement_timeout").fetchone()
             ensure_schema(self._conn)
         except psycopg.Error as exc:
             if not is_transient(exc, self._conn):
@@ -202,8 +204,22 @@ class PgWriter:
                            sum(r.duplicates for r in results))
 
     def _transient(self, exc: BaseException) -> NoReturn:
+        if isinstance(exc, psycopg.Error) and exc.sqlstate == QUERY_CANCELED:
+            self._warn_canceled(exc)
         self.close()
         raise TransientError(describe(exc)) from exc
+
+    def _warn_canceled(self, exc: psycopg.Error) -> None:
+        self.cancels += 1
+        timeout = self._statement_timeout
+        if timeout is None or timeout == "0":
+            log.warning("statement canceled (SQLSTATE 57014: %s), %d so far; the batch is kept and retried",
+                        error_text(exc), self.cancels)
+            return
+        log.warning("statement canceled (SQLSTATE 57014: %s), %d so far; the batch is kept and retried. "
+                    "statement_timeout is %s for this sink: if a batch's COPY takes longer than that, the sink "
+                    "retries it forever; raise statement_timeout for the sink's role or database, or lower "
+                    "sink.batch_rows", error_text(exc), self.cancels, timeout)
 
     def _write_together(self, conn: psycopg.Connection, jobs: list[Job]) -> WriteResult:
         with conn.transaction(), conn.cursor() as cur:
@@ -258,7 +274,7 @@ class PgWriter:
                 status = Status(job.job_id, JobState.COMMITTED, job.row_count, fresh[1], rows_committed=job.row_count)
                 return WriteResult([status], job.row_count, 0)
             bad.sort(key=lambda b: b.position)
-            self._dead_letter(cur, job, bad)
+            self.dead_letters.store(cur, job, bad)
             committed = job.row_count - len(bad)
             state = JobState.PARTIAL if committed else JobState.FAILED
             first = bad[0]
@@ -272,7 +288,19 @@ class PgWriter:
             return WriteResult([status], committed, 0)
 
     def _fail_whole(self, conn: psycopg.Connection, job: Job, exc: BaseException) -> WriteResult:
-        """Record the job failed, all its rows dead letters; an error here is a bug: let it crash the sink."""
+        """Record the job failed, all its rows dead letters.
+
+        Rows cannot make this fail (sink.deadletter keeps any row); a lost connection keeps the batch
+        to retry; anything else is a bug: let it crash the sink.
+        """
+        try:
+            return self._record_failed(conn, job, exc)
+        except psycopg.Error as again:
+            if is_transient(again, conn):
+                self._transient(again)
+            raise
+
+    def _record_failed(self, conn: psycopg.Connection, job: Job, exc: BaseException) -> WriteResult:
         log.error("job %s into %s: no row could be placed: %s", job.job_id, job.table, describe(exc))
         state = getattr(exc, "sqlstate", None)
         bad, offset = [], 0
@@ -289,41 +317,11 @@ class PgWriter:
             fresh = cur.fetchone()
             if fresh is None:
                 return WriteResult(recorded_fates(cur, [job]), 0, 1)
-            self._dead_letter(cur, job, bad)
+            self.dead_letters.store(cur, job, bad)
             cur.execute(_FINISH_LEDGER, (JobState.FAILED.value, 0, len(bad), error,
                                          Jsonb([_row_error(e) for e in errors], dumps=_dumps), job.job_id))
         status = Status(job.job_id, JobState.FAILED, job.row_count, fresh[1], error, 0, len(bad), errors)
         return WriteResult([status], 0, 0)
-
-    def _dead_letter(self, cur: psycopg.Cursor, job: Job, bad: list[BadRow]) -> None:
-        """Keep each refused row as sent (json/jsonb values back as JSON, not as the text we sent)."""
-        if job.table not in self._json_columns:
-            cur.execute(_JSON_COLUMNS, (qualified(job.table).as_string(cur),))
-            self._json_columns[job.table] = frozenset(r[0] for r in cur.fetchall())
-        json_columns = self._json_columns[job.table]
-        params = []
-        for b in bad:
-            row = {}
-            for name, value in zip(b.columns, b.values):
-                if name in json_columns and type(value) is str:
-                    try:
-                        value = orjson.loads(value)
-                    except orjson.JSONDecodeError:
-                        pass
-                try:
-                    row[name] = json_safe(value)
-                except ValueError:
-                    row[name] = value  # replaced by a note below
-            try:
-                kept = _dumps(row)
-            except (TypeError, ValueError, RecursionError):  # orjson: nested too deep, or not JSON at all
-                kept = _dumps({k: v if isinstance(v, str | int | float | bool | None) else
-                               f"<{type(v).__name__} that JSON cannot hold>" for k, v in row.items()})
-            # jsonb holds no NUL: keep a NUL as the six characters \u0000, so the row can always be kept.
-            kept = kept.replace("\\u0000", "\\\\u0000")
-            params.append((job.job_id, job.table, b.position, Jsonb(kept, dumps=lambda text: text), b.sqlstate,
-                           b.column, b.message))
-        cur.executemany(_INSERT_DEAD, params)
 
 
 def _row_error(e: RowError) -> dict:

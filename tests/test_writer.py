@@ -1,18 +1,29 @@
-"""sink.writer.PgWriter against a real PostgreSQL: COPY of every rides type, the ledger, bad jobs, races."""
+"""sink.writer.PgWriter against a real PostgreSQL: COPY of every rides type, the ledger, bad jobs, races.
+
+Also the dead letters of rows holding backslashes and NULs (once a reported crash, replayed here
+through a real gateway and sink) and statements canceled under the writer (kept, retried).
+"""
 
 from __future__ import annotations
 
 import itertools
+import json
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
+import sink.deadletter
 from common.wire import Group, Job, JobState, Status
-from sink.writer import PgWriter, WriteResult
+from sink.deadletter import NUL_NOTE
+from sink.writer import PgWriter, TransientError, WriteResult
+from tests.cluster import Cluster
 from tests.conftest import wait_until
 
 RIDES_COLUMNS = (
@@ -516,3 +527,182 @@ def test_refused_rows_are_reported_where_the_client_sent_them(writer: PgWriter, 
     (status,) = writer.write([job]).statuses
     assert [e.row for e in status.errors] == [1, 2]
     assert [d[0] for d in query(rides_dsn, "SELECT row_number FROM zingest.dead_letters ORDER BY 1")] == [1, 2]
+
+
+# --- (f) dead letters of rows holding backslashes and NULs --------------------------------------
+
+LT_DDL = "CREATE TABLE lt (id int, ck int CHECK (ck >= 0), payload text, doc json, docb jsonb, ip inet)"
+
+
+def dead_letters(dsn: str) -> list[tuple]:
+    return query(dsn, 'SELECT row_number, "row", sqlstate, error FROM zingest.dead_letters ORDER BY row_number')
+
+
+def test_the_reported_row_through_a_real_gateway_and_sink(pg_dsn: str, ports_env: dict[str, str],
+                                                         tmp_path: Path) -> None:
+    """The report: the six characters \\u0000 in a row refused by a check once killed every sink in turn."""
+    execute(pg_dsn, "CREATE TABLE lt (id int, ck int check (ck >= 0), payload text)")
+    # A NUL can come through the wire too: the gateway refuses it in text and jsonb, not in inet or json.
+    execute(pg_dsn, "CREATE TABLE nt (id int, ck int CHECK (ck >= 0), ip inet, doc json)")
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    cluster = Cluster({**ports_env, "ZINGEST_DATABASE__DSN": pg_dsn}, logs, sinks=1).start()
+    try:
+        json_type = {"Content-Type": "application/json"}
+        reported = rb'[{"id":1,"ck":-1,"payload":"\\u0000"},{"id":2,"ck":1,"payload":"good"}]'
+        nuls = (rb'[{"id":1,"ck":1,"ip":"10.0.0.1","doc":{}},{"id":2,"ck":1,"ip":"1.2.3.4\u0000","doc":{}},'
+                rb'{"id":3,"ck":-1,"ip":"10.0.0.3","doc":{"k":"a\u0000b","\u0000":1}}]')
+        finals = []
+        for table, body in (("lt", reported), ("nt", nuls)):
+            r = cluster.request("POST", f"/v1/ingest/{table}", body, json_type)
+            assert r.status == 202, r.body
+            finals.append(wait_until(lambda i=r.body["job_id"]: (lambda b: b if b["state"] != "accepted" else None)(
+                cluster.job(i)), 30, what=f"the job into {table} to be final"))
+        assert cluster.sinks[0].poll() is None, cluster.log_text()  # the sink lives on
+    finally:
+        cluster.stop()
+    assert "Traceback" not in cluster.log_text()
+    assert [(f["state"], f["rows_committed"], f["rows_rejected"]) for f in finals] == [("partial", 1, 1),
+                                                                                      ("partial", 1, 2)]
+    assert query(pg_dsn, "SELECT id, ck, payload FROM lt") == [(2, 1, "good")]
+    assert query(pg_dsn, "SELECT id FROM nt") == [(1,)]
+    lt, nt2, nt3 = query(pg_dsn, 'SELECT "row", sqlstate, error FROM zingest.dead_letters ORDER BY table_name, '
+                                 "row_number")
+    assert lt[:2] == ({"id": 1, "ck": -1, "payload": "\\u0000"}, "23514")  # the six characters, as sent
+    assert NUL_NOTE not in lt[2]
+    assert nt2[0] == {"id": 2, "ck": 1, "ip": "1.2.3.4\\u0000", "doc": {}} and nt2[2].endswith(NUL_NOTE)
+    assert nt3[:2] == ({"id": 3, "ck": -1, "ip": "10.0.0.3", "doc": {"k": "a\\u0000b", "\\u0000": 1}}, "23514")
+    assert nt3[2].endswith(NUL_NOTE)
+
+
+# name -> (column, value as the sink gets it, value as the dead letter keeps it, NULs replaced)
+BACKSLASHES_AND_NULS: dict[str, tuple[str, Any, Any, bool]] = {
+    "backslash u0000 as text": ("payload", "\\u0000", "\\u0000", False),
+    "escaped backslash then u0000": ("payload", "\\\\u0000", "\\\\u0000", False),
+    "three backslashes then u0000": ("payload", "x\\\\\\u0000y", "x\\\\\\u0000y", False),
+    "backslash x00": ("payload", "\\x00", "\\x00", False),
+    "a real NUL": ("payload", "a\x00b", "a\\u0000b", True),
+    "a backslash then a real NUL": ("payload", "\\\x00", "\\\\u0000", True),
+    "a real NUL in inet": ("ip", "1.2.3.4\x00", "1.2.3.4\\u0000", True),
+    "json text holding the six characters": ("doc", json.dumps({"k": "\\u0000"}), {"k": "\\u0000"}, False),
+    "json holding NULs in a key and a value": ("doc", json.dumps({"\x00": ["a\x00"]}), {"\\u0000": ["a\\u0000"]},
+                                               True),
+    "jsonb text holding the six characters": ("docb", json.dumps(["\\\\u0000"]), ["\\\\u0000"], False),
+}
+
+
+@pytest.mark.parametrize("column,sent,kept,replaced", BACKSLASHES_AND_NULS.values(),
+                         ids=BACKSLASHES_AND_NULS.keys())
+def test_a_refused_row_is_kept_as_sent_whatever_backslashes_and_nuls_it_holds(
+    writer: PgWriter, rides_dsn: str, column: str, sent: Any, kept: Any, replaced: bool
+) -> None:
+    execute(rides_dsn, LT_DDL)
+    # Refused by the check, or by PostgreSQL (psycopg) for the NUL itself.
+    columns = ("id", "ck", column)
+    job = new_job("lt", Group(columns, [[1, 1, None], [2, -1, sent], [3, 1, None]]))
+    (status,) = writer.write([job]).statuses
+    assert (status.state, status.rows_committed, status.rows_rejected) == (JobState.PARTIAL, 2, 1), status.error
+    assert query(rides_dsn, "SELECT id FROM lt ORDER BY id") == [(1,), (3,)]
+    ((position, row, _, error),) = dead_letters(rides_dsn)
+    assert position == 1 and row == {"id": 2, "ck": -1, column: kept}
+    assert error.endswith(NUL_NOTE) is replaced
+    assert writer.dead_letters.kept_as_text == 0
+
+
+def test_a_row_jsonb_will_not_take_is_kept_as_its_text(writer: PgWriter, rides_dsn: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    execute(rides_dsn, "CREATE TABLE big (id int, n numeric CHECK (n < 0), doc json)")
+    huge = 2**70  # numeric takes it; orjson (64-bit ints) cannot write it as JSON
+    job = new_job("big", Group(("id", "n", "doc"), [[1, -1, None], [2, huge, None], [3, 5, '{"k": "a\\u0000"}']]))
+    # As if json_safe missed a NUL one day: jsonb then refuses the row (22P05), and must not stop the job.
+    monkeypatch.setattr(sink.deadletter, "json_safe", lambda value, depth=0: value)
+    monkeypatch.setattr(sink.deadletter, "holds_nul", lambda value, depth=0: False)
+    (status,) = writer.write([job]).statuses
+    assert (status.state, status.rows_committed, status.rows_rejected) == (JobState.PARTIAL, 1, 2), status.error
+    assert query(rides_dsn, "SELECT id FROM big") == [(1,)]
+    (p2, row2, _, error2), (p3, row3, _, error3) = dead_letters(rides_dsn)
+    assert (p2, row2) == (1, f"{{'id': 2, 'n': {huge}, 'doc': None}}")
+    assert "row kept as its text" in error2 and "TypeError" in error2
+    assert (p3, row3) == (2, "{'id': 3, 'n': 5, 'doc': '{\"k\": \"a\\\\u0000\"}'}")
+    assert "row kept as its text" in error3 and "22P05" in error3
+    assert writer.dead_letters.kept_as_text == 1  # the first was kept as text before any insert
+
+
+# --- (g) a canceled statement is not bad data: the batch is kept and written again --------------
+
+# name -> (connection option, SQLSTATE of each retry); pg_cancel_backend comes from the test itself.
+CANCELS = {
+    "statement_timeout": ("-c statement_timeout=200", "57014"),
+    "pg_cancel_backend": (None, "57014"),
+    "lock_timeout": ("-c lock_timeout=200", "55P03"),
+}
+
+
+@pytest.mark.parametrize("options,sqlstate", CANCELS.values(), ids=CANCELS.keys())
+def test_a_canceled_statement_keeps_the_batch_and_lands_it_once(
+    pg_dsn: str, options: str | None, sqlstate: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="sink.writer")
+    execute(pg_dsn, LT_DDL)
+    setup = PgWriter(pg_dsn)
+    setup.connect()  # zingest's schema, before a short timeout applies to anything
+    setup.close()
+    name = "zingest-test-cancel"
+    writer = PgWriter(make_conninfo(pg_dsn, options=options) if options else pg_dsn, application_name=name)
+    job = new_job("lt", Group(("id", "ck", "payload"), [[i, i, f"row {i}"] for i in range(1, 51)]))
+    retries: list[str] = []
+    outcome: list[WriteResult | BaseException] = []
+
+    def sink() -> None:  # the runner's loop (sink.runner.Sink._flush) less its back-off
+        while True:
+            try:
+                outcome.append(writer.write([job]))
+                return
+            except TransientError as exc:
+                retries.append(str(exc))
+            except BaseException as exc:  # reported by the test thread below
+                outcome.append(exc)
+                return
+
+    def waiting_on_the_lock() -> int | None:
+        row = monitor.execute("SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+                              " AND application_name = %s AND wait_event_type = 'Lock'", (name,)).fetchone()
+        return row[0] if row else None
+
+    blocker = psycopg.connect(pg_dsn)
+    monitor = psycopg.connect(pg_dsn, autocommit=True)
+    thread = threading.Thread(target=sink, daemon=True)
+    try:
+        blocker.execute("LOCK TABLE public.lt IN ACCESS EXCLUSIVE MODE")
+        thread.start()
+        for n in range(2):
+            pid = wait_until(waiting_on_the_lock, 30, what="the writer to wait on the lock")
+            if options is None:
+                monitor.execute("SELECT pg_cancel_backend(%s)", (pid,))
+            wait_until(lambda n=n: len(retries) > n or outcome, 30, what="the writer to be canceled")
+        # Canceled twice: it retried at least once, and is waiting for the lock again.
+        wait_until(waiting_on_the_lock, 30, what="the writer to retry")
+        blocker.commit()
+        thread.join(60)
+        assert not thread.is_alive(), "the writer hung"
+    finally:
+        blocker.close()
+        monitor.close()
+        thread.join(60)
+        writer.close()
+    (result,) = outcome
+    if isinstance(result, BaseException):
+        raise result
+    (status,) = result.statuses
+    assert status.state is JobState.COMMITTED and result.rows_written == 50
+    assert len(retries) >= 2 and all(r.startswith(f"{sqlstate}: ") for r in retries), retries
+    assert query(pg_dsn, "SELECT count(*), count(DISTINCT id) FROM lt") == [(50, 50)]
+    assert query(pg_dsn, "SELECT count(*) FROM zingest.dead_letters") == [(0,)]
+    assert ledger(pg_dsn) == {job.job_id: ("lt", "committed", 50, ACCEPTED_AT, None)}
+    warnings = [r.getMessage() for r in caplog.records if "SQLSTATE 57014" in r.getMessage()]
+    if sqlstate == "57014":
+        assert writer.cancels == len(retries) == len(warnings)
+        forever = "statement_timeout is 200ms for this sink: if a batch's COPY takes longer than that"
+        assert all((forever in w) is (options is not None) for w in warnings), warnings
+    else:
+        assert writer.cancels == 0 and not warnings
