@@ -8,11 +8,13 @@ Each job carries a distinct ``batch`` number, so the check can count every
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -126,6 +128,20 @@ class Cluster:
         for f in self._log_files:
             f.close()
         return codes
+
+
+@contextlib.contextmanager
+def running_cluster(dsn: str, ddl: str, env: dict[str, str], folder: Path, sinks: int = 1) -> Iterator[Cluster]:
+    """``ddl`` applied to ``dsn``, then a gateway and ``sinks`` sinks on it (logs in ``folder/logs``), stopped after."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(ddl)
+    logs = folder / "logs"
+    logs.mkdir(exist_ok=True)
+    cluster = Cluster({**env, "ZINGEST_DATABASE__DSN": dsn}, logs, sinks=sinks)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
 
 
 def job_body(batch: int, rows: int, pad: int = 0) -> bytes:

@@ -123,17 +123,23 @@ def test_a_failed_group_is_refused_whole_and_leaves_no_byte(tmp_path: Path, monk
     asyncio.run(scenario())
 
 
+async def torn_tail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Journal, OSError]:
+    """A journal holding job "a", then a record of "b" torn by a full disk that could not be cut back out."""
+    journal = open_journal(tmp_path)
+    await journal.append("a", frame("a"))
+    with monkeypatch.context() as m:
+        m.setattr(os, "write", DiskFull(journal, 10))
+        m.setattr(os, "ftruncate", no_ftruncate)
+        with pytest.raises(OSError) as failed:
+            await journal.append("b", frame("b"))
+    return journal, failed.value
+
+
 def test_a_segment_that_cannot_be_cut_back_is_left_for_a_new_one(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        journal = open_journal(tmp_path)
-        await journal.append("a", frame("a"))
-        with monkeypatch.context() as m:
-            m.setattr(os, "write", DiskFull(journal, 10))
-            m.setattr(os, "ftruncate", no_ftruncate)
-            with pytest.raises(OSError) as failed:
-                await journal.append("b", frame("b"))
-            assert failed.value.errno == errno.ENOSPC
+        journal, failed = await torn_tail(tmp_path, monkeypatch)
+        assert failed.errno == errno.ENOSPC
         first, = journal.segments()
         assert first.stat().st_size == len(frame("a")) + 8 + 10  # the torn record is still there
         await journal.append("c", frame("c"))
@@ -149,13 +155,7 @@ def test_a_segment_that_cannot_be_cut_back_is_left_for_a_new_one(tmp_path: Path,
 def test_the_abandoned_segment_is_reclaimed_once_its_jobs_are_final(tmp_path: Path,
                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     async def scenario() -> None:
-        journal = open_journal(tmp_path)
-        await journal.append("a", frame("a"))
-        with monkeypatch.context() as m:
-            m.setattr(os, "write", DiskFull(journal, 10))
-            m.setattr(os, "ftruncate", no_ftruncate)
-            with pytest.raises(OSError):
-                await journal.append("b", frame("b"))
+        journal, _ = await torn_tail(tmp_path, monkeypatch)
         await journal.append("c", frame("c"))
         first = journal.segments()[0]
         journal.done("a")

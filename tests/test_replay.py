@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, running_cluster
 from tests.conftest import child_env, free_port, zingest_cmd
 from zingest import replay, send
 
@@ -31,15 +31,8 @@ ROWS = 10  # kid i has parent i % 3 + 1: parent 1 -> 3 kids, parent 2 -> 4 kids 
 
 @pytest.fixture
 def cluster(pg_dsn: str, ports_env: dict[str, str], tmp_path: Path) -> Iterator[Cluster]:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(DDL)
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    c = Cluster({**ports_env, "ZINGEST_DATABASE__DSN": pg_dsn}, logs, sinks=1)
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+    with running_cluster(pg_dsn, DDL, ports_env, tmp_path) as c:
+        yield c
 
 
 def url(cluster: Cluster) -> str:

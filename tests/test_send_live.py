@@ -15,7 +15,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from tests.cluster import Cluster
+from tests.cluster import Cluster, running_cluster
 from tests.conftest import child_env, zingest_cmd
 
 ROWS = 250
@@ -24,15 +24,8 @@ BATCH_ROWS = 100  # three batches: lines 1, 101, 201
 
 @pytest.fixture
 def cluster(pg_dsn: str, ports_env: dict[str, str], tmp_path: Path) -> Iterator[Cluster]:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE items (id bigint PRIMARY KEY, v text)")
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    c = Cluster({**ports_env, "ZINGEST_DATABASE__DSN": pg_dsn}, logs, sinks=1)
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+    with running_cluster(pg_dsn, "CREATE TABLE items (id bigint PRIMARY KEY, v text)", ports_env, tmp_path) as c:
+        yield c
 
 
 def run_send(cluster: Cluster, path: Path, *args: str) -> tuple[int, dict]:
