@@ -21,7 +21,7 @@ up: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The benchmarks: `make bench` writes benchmarks/results/ (about 25 minutes on 2 cores);
+# The benchmarks: `make bench` writes benchmarks/results/ (about 15 minutes on 2 cores);
 # `make bench QUICK=1` is the smoke CI runs (about a minute, results in a temporary folder).
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks $(if $(QUICK),--quick,)

@@ -66,6 +66,7 @@ def test_sending_a_file_again_under_the_same_key_lands_nothing_twice(cluster: Cl
 
     code, again = run_send(cluster, items_file, "--key", "items-2026-12-04")
     assert code == 0 and again["committed_rows"] == ROWS and again["failed_jobs"] == [], again
+    assert first["replayed_rows"] == 0 and again["replayed_rows"] == ROWS
     assert counts(pg_dsn) == (ROWS, ROWS, 0)  # every row once, and not one dead letter
     assert ledger_jobs(pg_dsn) == jobs  # the retry was answered with the first jobs
 

@@ -192,6 +192,8 @@ class Result:
     error: str | None = None
     # Rows of a PARTIAL job that did land.
     rows_committed: int = 0
+    # The gateway answered with the job an earlier send made under the same Idempotency-Key (--key).
+    replayed: bool = False
 
     @property
     def landed(self) -> int:
@@ -209,10 +211,13 @@ class Summary:
     rejected: tuple[Result, ...]
     seconds: float
     unknown: tuple[Result, ...] = ()
+    # Committed rows whose batch the gateway answered with an earlier send's job (same --key):
+    # they landed then, not now, and do not count toward rows/s.
+    replayed_rows: int = 0
 
     @property
     def rows_per_s(self) -> float:
-        return self.committed_rows / self.seconds if self.seconds > 0 else 0.0
+        return (self.committed_rows - self.replayed_rows) / self.seconds if self.seconds > 0 else 0.0
 
     @property
     def ok(self) -> bool:
@@ -230,6 +235,7 @@ class Summary:
             "unknown_jobs": [
                 {"job_id": r.job_id, "first_line": r.first_line, "rows": r.rows, "error": r.error} for r in self.unknown
             ],
+            "replayed_rows": self.replayed_rows,
             "seconds": round(self.seconds, 3),
             "rows_per_s": round(self.rows_per_s, 1),
         }
@@ -245,6 +251,9 @@ class Summary:
             f"sent {self.rows} rows in {self.jobs} jobs: {self.committed_rows} committed, {failed_rows} failed,"
             f" {rejected_rows} refused by the gateway{unknown} in {self.seconds:.2f} s ({self.rows_per_s:.0f} rows/s)"
         ]
+        if self.replayed_rows:
+            out.append(f"{self.replayed_rows} of the committed rows were landed by an earlier send under the same"
+                       " --key (the gateway answered with its jobs)")
         for r in self.failed:
             what = f"job {r.job_id}" if r.job_id else "batch"
             if r.outcome is Outcome.PARTIAL:
@@ -273,6 +282,7 @@ def summarise(results: Iterable[Result], seconds: float) -> Summary:
         rejected=tuple(r for r in ordered if r.outcome is Outcome.REJECTED),
         seconds=seconds,
         unknown=tuple(r for r in ordered if r.outcome in (Outcome.UNKNOWN, Outcome.ACCEPTED)),
+        replayed_rows=sum(r.landed for r in ordered if r.replayed),
     )
 
 
@@ -388,6 +398,7 @@ async def post_batch(session: aiohttp.ClientSession, ingest_url: str, batch: Bat
                 timeout=aiohttp.ClientTimeout(total=remaining),
             ) as resp:
                 status, body, retry_after = resp.status, await resp.read(), resp.headers.get("Retry-After")
+                replayed = resp.headers.get("Idempotent-Replayed")
         except aiohttp.ClientConnectorError as exc:
             # The request never reached the gateway (it may be restarting): safe to send again.
             last = f"cannot connect: {exc.os_error.strerror or exc}"
@@ -399,7 +410,8 @@ async def post_batch(session: aiohttp.ClientSession, ingest_url: str, batch: Bat
             return result(Outcome.UNKNOWN, error=f"the POST was cut off, the gateway may have taken it: {exc!r}")
         if status == 202:
             try:
-                return result(Outcome.ACCEPTED, job_id=str(orjson.loads(body)["job_id"]))
+                return dataclasses.replace(result(Outcome.ACCEPTED, job_id=str(orjson.loads(body)["job_id"])),
+                                           replayed=replayed == "true")
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 return result(Outcome.FAILED, error=f"202 without a job id: {body!r:.200}")
         if status in (429, 503):
