@@ -36,7 +36,7 @@ from gateway.catalog import Table
 from gateway.db import Database
 from gateway.errors import BodyError
 from gateway.formats import MEDIA_TYPES, Limits, parse_body, read_body
-from gateway.limits import Hold, InflightBytes
+from gateway.limits import Hold, InflightBytes, InflightFull
 from gateway.journal import Journal
 from gateway.metrics import GatewayMetrics
 from gateway.openapi import spec
@@ -156,9 +156,9 @@ async def ingest(request: web.Request) -> web.Response:
     if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LEN and key.isascii() and key.isprintable()):
         return json_response({"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable "
                                        "ASCII characters"}, 400)
-    hold = app[INFLIGHT].hold(request.content_length or 0)  # a body this long is on its way
-    if hold is None:
-        return unavailable(app, "inflight", _REFUSALS["inflight"])
+    if len(request.query.getall("wait", [])) > 1:
+        return json_response({"error": "wait is given more than once; give it once"}, 400)
+    hold = Hold(app[INFLIGHT])  # grows as the body arrives
     try:
         outcome = await _read_and_admit(request, name, table, key, hold)
     finally:
@@ -177,7 +177,9 @@ async def _read_and_admit(request: web.Request, name: str, table: Table, key: st
     app = request.app
     try:
         # Read the whole body first, outside any key's lock: a slow upload must not hold up a retry.
-        body = await read_body(request, app[LIMITS])  # decompressed, and never past gateway.max_body_bytes
+        body = await read_body(request, app[LIMITS], hold)  # decompressed, never past gateway.max_body_bytes
+    except InflightFull:
+        return unavailable(app, "inflight", _REFUSALS["inflight"])
     except BodyError as exc:  # LimitError (413, 408, 400) and UnsupportedEncoding (415) carry their status
         return json_response(exc.as_json(), exc.status)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
@@ -185,8 +187,6 @@ async def _read_and_admit(request: web.Request, name: str, table: Table, key: st
         # exception, which aiohttp would log as an error with its traceback, once per disconnect.
         log.debug("client left before its body was read; nothing was accepted")
         return json_response({"error": "the connection closed before the body arrived"}, 400)
-    if not hold.grow_to(len(body)):  # a chunked or compressed body: its size is known only now
-        return unavailable(app, "inflight", _REFUSALS["inflight"])
     if key is None:
         accepted = await _accept(request, name, table, None, body)
         return accepted if isinstance(accepted, web.Response) else (accepted, False)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 
 import psycopg
@@ -20,6 +22,10 @@ from gateway.catalog import Column, Table
 from gateway.store import JobRecord
 
 log = logging.getLogger(__name__)
+
+# Longest the gateway waits on the database for one look-up, connecting included (seconds): a server
+# that accepts connections and never answers must cost a request a 503, not hang it (and what it holds).
+QUERY_TIMEOUT_S = 5.0
 
 # A request for an unknown table re-reads the catalog at most this often (seconds).
 REFRESH_MIN_S = 1.0
@@ -59,6 +65,7 @@ class Database:
         self._refreshed_at = 0.0
         # One catalog read at a time: requests that find it stale together share the read.
         self._refreshing = asyncio.Lock()
+        self._stuck: set[asyncio.Task[list[tuple]]] = set()
         self.tables: dict[str, Table] = {}
 
     async def open(self) -> None:
@@ -74,21 +81,41 @@ class Database:
     async def _connection(self) -> psycopg.AsyncConnection:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await psycopg.AsyncConnection.connect(
-                self._dsn, autocommit=True, application_name="zingest-gateway"
+                self._dsn, autocommit=True, application_name="zingest-gateway",
+                connect_timeout=max(2, int(QUERY_TIMEOUT_S)),
             )
         return self._conn
 
     async def _fetch(self, query: str, params: tuple = ()) -> list[tuple]:
         async with self._lock:
-            for attempt in (1, 2):
-                conn = await self._connection()
-                try:
-                    cur = await conn.execute(query, params)
-                    return await cur.fetchall()
-                except psycopg.OperationalError:
-                    # A connection the server dropped (restart, idle kill): one fresh try, then give up.
-                    if attempt == 2 or not conn.broken:
-                        raise
+            # Not asyncio.timeout: cancelling psycopg mid-query starts its own cancel protocol, which
+            # against a server that does not answer takes 15 s more. The look-up runs as a task; past
+            # the deadline its connection is closed under it and a fresh one serves the next look-up.
+            fetch = asyncio.get_running_loop().create_task(self._fetch_once_or_twice(query, params))
+            done, _ = await asyncio.wait({fetch}, timeout=QUERY_TIMEOUT_S)
+            if fetch in done:
+                return fetch.result()
+            self._abandon(fetch)
+            raise psycopg.OperationalError(f"the database did not answer within {QUERY_TIMEOUT_S:g} s")
+
+    def _abandon(self, fetch: asyncio.Task[list[tuple]]) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            _shut_down(conn)
+        self._stuck.add(fetch)  # held until done: a task nobody references may be collected
+        fetch.add_done_callback(self._stuck.discard)
+        fetch.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error is expected
+
+    async def _fetch_once_or_twice(self, query: str, params: tuple) -> list[tuple]:
+        for attempt in (1, 2):
+            conn = await self._connection()
+            try:
+                cur = await conn.execute(query, params)
+                return await cur.fetchall()
+            except psycopg.OperationalError:
+                # A connection the server dropped (restart, idle kill): one fresh try, then give up.
+                if attempt == 2 or not conn.broken:
+                    raise
         raise AssertionError("unreachable")
 
     async def refresh(self) -> None:
@@ -141,3 +168,13 @@ class Database:
         row_errors = tuple(RowError(e["row"], e["column"], e["sqlstate"], e["message"]) for e in errors or ())
         return JobRecord(job_id, table, n, accepted_at, JobState(state), committed_at, error, committed, rejected,
                          row_errors)
+
+
+def _shut_down(conn: psycopg.AsyncConnection) -> None:
+    """End the connection's TCP stream under a look-up stuck on it: its read sees the end and fails
+    (closing the socket itself would leave the event loop watching a file descriptor that is gone)."""
+    try:
+        with socket.socket(fileno=os.dup(conn.pgconn.socket)) as sock:
+            sock.shutdown(socket.SHUT_RDWR)
+    except (OSError, psycopg.Error) as exc:
+        log.debug("shutting down a stuck database connection: %s", exc)

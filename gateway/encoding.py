@@ -11,7 +11,7 @@ import zlib
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import BodyError
-from gateway.limits import Limits, UnsupportedEncoding, too_large, too_slow
+from gateway.limits import Hold, InflightFull, Limits, UnsupportedEncoding, too_large, too_slow
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -102,8 +102,11 @@ class BodyDecoder:
             self._parts.append(out)
 
 
-async def read_body(request: web.Request, limits: Limits) -> bytes:
-    """The request's body with its Content-Encoding undone, within ``limits.max_body_bytes`` both ways."""
+async def read_body(request: web.Request, limits: Limits, hold: Hold | None = None) -> bytes:
+    """The request's body with its Content-Encoding undone, within ``limits.max_body_bytes`` both ways.
+
+    ``hold`` grows with the decoded bytes as they arrive; InflightFull once the gateway holds too many.
+    """
     coding = content_coding(request.headers.get("Content-Encoding"))
     if getattr(request.content, "total_compressed_bytes", None) is not None:
         # aiohttp inflated the body already, with no limit of ours: a wiring mistake, not a client's.
@@ -118,6 +121,8 @@ async def read_body(request: web.Request, limits: Limits) -> bytes:
         async with asyncio.timeout(limits.body_timeout_s):
             async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
                 decoder.feed(chunk)
+                if hold is not None and not hold.grow_to(decoder.produced):
+                    raise InflightFull()
     except TimeoutError:
         raise too_slow(limits) from None
     return decoder.finish()

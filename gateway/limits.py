@@ -21,17 +21,18 @@ class InflightBytes:
     """Bytes of request bodies the gateway holds at once (gateway.max_inflight_bytes): bodies, and the rows
     parsed from them (several times their size), are memory no pending-work bound counts yet.
 
-    A request holds its Content-Length before its body is read, and its decoded size once read. With
-    nothing else held, one request may hold any size: gateway.max_body_bytes bounds it alone.
+    A request holds the decoded bytes it has received so far, growing as they arrive: a client that
+    announces a large Content-Length and sends nothing holds nothing. With nothing else held, one
+    request may hold any size: gateway.max_body_bytes bounds it alone.
     """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.used = 0
 
-    def hold(self, n: int) -> Hold | None:
-        hold = Hold(self)
-        return hold if hold.grow_to(n) else None
+
+class InflightFull(Exception):
+    """A body would pass gateway.max_inflight_bytes: the request is answered 503 with Retry-After."""
 
 
 class Hold:

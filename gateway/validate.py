@@ -259,7 +259,7 @@ def _uuid_check(v: Any) -> str | None:
     if type(v) is not str:
         return f"expected a uuid as a string, got {got(v)}"
     if not _UUID_TEXT.fullmatch(v):
-        return f"{v[:40]!r} is not a uuid"
+        return f"{v[:80]!r} is not a uuid"
     return None
 
 

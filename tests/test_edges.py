@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import socket
+import threading
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from decimal import Decimal
@@ -24,8 +27,10 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.cluster import Cluster, Response
+from gateway.db import QUERY_TIMEOUT_S, REFRESH_MIN_S
 from tests.conftest import endpoints_env, scratch_database, wait_until
 
 MAX_BODY = 100_000
@@ -203,20 +208,37 @@ def _read_all(conn: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+def slow_post(gw: Cluster, length: int, sent: bytes) -> socket.socket:
+    """A POST announcing ``length`` bytes of body that sends only ``sent``, then nothing."""
+    conn = socket.create_connection((gw.host, gw.port), timeout=BODY_TIMEOUT_S + 10)
+    conn.sendall(b"POST /v1/ingest/edges HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                 b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (length, sent))
+    return conn
+
+
+BODY = json.dumps([{"id": 40, "tag": "x" * 100}] * 150).encode()  # about 20,000 bytes
+
+
 def test_a_body_that_does_not_arrive_is_408_and_bodies_in_flight_are_bounded(gw: Cluster) -> None:
-    slow = socket.create_connection((gw.host, gw.port), timeout=BODY_TIMEOUT_S + 10)
-    with slow:
-        # Holds 50,000 of the gateway's 60,000 in-flight bytes, and sends only 10 of them.
-        slow.sendall(b"POST /v1/ingest/edges HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                     b"Connection: close\r\nContent-Length: 50000\r\n\r\n[{\"id\": 1}")
-        body = json.dumps([{"id": 40, "tag": "x" * 100}] * 150).encode()  # about 20,000 bytes
-        busy = wait_until(lambda: (r := post(gw, "edges", body)).status == 503 and r, BODY_TIMEOUT_S,
+    # Sends 45,000 of its 50,000 bytes and stalls: it holds 45,000 of the gateway's 60,000.
+    with slow_post(gw, 50_000, b"[" + b" " * 44_999) as slow:
+        busy = wait_until(lambda: (r := post(gw, "edges", BODY)).status == 503 and r, BODY_TIMEOUT_S,
                           what="a 503 while the slow body holds the in-flight bytes")
         assert busy.headers.get("retry-after") == "1" and "max_inflight_bytes" in busy.body["error"]
         answer = _read_all(slow)
     assert answer.startswith(b"HTTP/1.1 408"), answer
     assert b"gateway.body_timeout_s" in answer
-    committed(gw, post(gw, "edges", body))  # once the slow request is gone, the same body is taken
+    committed(gw, post(gw, "edges", BODY))  # once the slow request is gone, the same body is taken
+
+
+def test_an_announced_body_holds_only_what_has_arrived(gw: Cluster) -> None:
+    """Idle connections announcing large bodies must not lock everyone else out."""
+    idle = [slow_post(gw, MAX_BODY - 10, b"[") for _ in range(4)]
+    try:
+        committed(gw, post(gw, "edges", BODY))
+    finally:
+        for conn in idle:
+            conn.close()
 
 
 # --- the database gone ---------------------------------------------------------------------------------
@@ -243,3 +265,83 @@ def test_database_gone_a_column_fault_is_still_400(pg_server: str, tmp_path: Pat
                        what="a catalog re-read to fail while every answer stays 400")
         finally:
             cluster.stop()
+
+
+class Proxy:
+    """A TCP proxy in front of PostgreSQL that can turn into a black hole: connections accepted and
+    held, bytes never forwarded (a server that is up but does not answer, as behind a partition)."""
+
+    def __init__(self, dsn: str) -> None:
+        info = conninfo_to_dict(dsn)
+        host, port = info.get("host") or "127.0.0.1", int(info.get("port") or 5432)
+        self.target = (socket.AF_UNIX, f"{host}/.s.PGSQL.{port}") if host.startswith("/") else \
+            (socket.AF_INET, (host, port))
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.started = time.monotonic()
+        self.black_hole = threading.Event()
+        self.closed = threading.Event()
+        self.held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.socket(self.target[0])
+            server.connect(self.target[1])
+            self.held += [client, server]
+            threading.Thread(target=self._pump, args=(client, server), daemon=True).start()
+
+    def _pump(self, a: socket.socket, b: socket.socket) -> None:
+        peers = {a: b, b: a}
+        while not self.closed.is_set():
+            ready, _, _ = select.select(list(peers), [], [], 0.1)
+            if self.black_hole.is_set():
+                continue  # hold everything, forward nothing
+            for s in ready:
+                data = s.recv(65536)
+                if not data:
+                    return
+                peers[s].sendall(data)
+
+    def close(self) -> None:
+        self.closed.set()
+        self.listener.close()
+        for s in self.held:
+            s.close()
+
+
+def test_a_database_that_never_answers_costs_a_request_seconds_not_for_ever(pg_server: str,
+                                                                            tmp_path: Path) -> None:
+    name = f"zingest_edges_hole_{os.getpid()}"
+    with scratch_database(pg_server, name, "CREATE TABLE t (id integer)") as dsn:
+        proxy = Proxy(dsn)
+        (tmp_path / "logs").mkdir()
+        via_proxy = make_conninfo(dsn, host="127.0.0.1", port=str(proxy.port))
+        cluster = Cluster({**endpoints_env(tmp_path), "ZINGEST_DATABASE__DSN": via_proxy,
+                           "ZINGEST_GATEWAY__MAX_INFLIGHT_BYTES": "1000",
+                           "ZINGEST_GATEWAY__DRAIN_TIMEOUT_S": "0"}, tmp_path / "logs", sinks=0)
+        try:
+            cluster.start()
+            proxy.black_hole.set()
+            # Past REFRESH_MIN_S since start-up, so that the bad value below makes a catalog re-read.
+            wait_until(lambda: time.monotonic() - proxy.started > REFRESH_MIN_S + 0.5, 5, interval=0.1)
+            started = time.monotonic()
+            # A bad value makes the gateway re-read the catalog, which now never answers.
+            r = post(cluster, "t", b'{"id": "' + b"x" * 900 + b'"}')
+            assert r.status == 400 and r.body["column"] == "id", (r.status, r.body)
+            assert time.monotonic() - started < QUERY_TIMEOUT_S + 5
+            # Again: the gateway still serves, and the first request's in-flight bytes were given back.
+            r = cluster.request("POST", "/v1/ingest/t", b'{"id": "' + b"y" * 900 + b'"}', JSON,
+                                timeout=QUERY_TIMEOUT_S + 5)
+            assert r.status == 400, (r.status, r.body)
+            assert r.status == 400, (r.status, r.body)
+            r = cluster.request("GET", "/v1/jobs/" + "0" * 32, timeout=QUERY_TIMEOUT_S + 5)
+            assert r.status == 503 and "ledger cannot be reached" in r.body["error"], (r.status, r.body)
+            assert "catalog re-read failed (the database did not answer" in cluster.log_text()
+        finally:
+            cluster.stop()
+            proxy.close()
