@@ -7,6 +7,7 @@ from functools import cached_property
 
 # PostgreSQL types whose values travel as JSON text (any JSON value is valid for them).
 JSON_TYPES = frozenset({"json", "jsonb"})
+JSON_ARRAY_TYPES = frozenset(f"{t}[]" for t in JSON_TYPES)
 
 
 @dataclass(frozen=True)
@@ -38,7 +39,14 @@ class Table:
 
     @cached_property
     def array_columns(self) -> frozenset[str]:
-        return frozenset(c.name for c in self.columns.values() if c.data_type.endswith("[]"))
+        """Array columns but json[] and jsonb[] (json_array_columns)."""
+        return frozenset(c.name for c in self.columns.values()
+                         if c.data_type.endswith("[]") and c.name not in self.json_array_columns)
+
+    @cached_property
+    def json_array_columns(self) -> frozenset[str]:
+        # format_type names an array of any dimensions "jsonb[]"
+        return frozenset(c.name for c in self.columns.values() if c.data_type in JSON_ARRAY_TYPES)
 
     @cached_property
     def json_columns(self) -> frozenset[str]:

@@ -95,27 +95,29 @@ def _grouped(table: Table, wheres: list[str], objs: list[Any]) -> list[_Rows]:
 def _checked(table: Table, groups: list[_Rows], check_nul: bool) -> tuple[Group, ...]:
     """Every group's values checked, exact numbers and json values made text: the job's groups."""
     json_columns = table.json_columns
-    array_columns = table.array_columns
     out = []
     exact = table.exact_numbers
     several = len(groups) > 1  # then each row carries its position in the request
     for columns, rows, wheres, positions in groups:
         check_rows(table, columns, rows, wheres, check_nul)
-        arrays = array_columns.intersection(columns)
-        if exact or arrays or json_columns.intersection(columns):
+        arrays = table.array_columns.intersection(columns)
+        as_json = json_columns.union(table.json_array_columns).intersection(columns)
+        if exact or arrays or as_json:
             rows[:] = map(list, rows)  # about to be rewritten in place
-            _numbers_as_text(columns, rows, json_columns)
+            _numbers_as_text(columns, rows, as_json)
             if arrays:
-                _uniform_arrays(columns, rows, arrays, table)
+                _uniform_arrays(columns, rows, arrays)
         for i, name in enumerate(columns):
-            if name in json_columns:
-                for k, row in enumerate(rows):
-                    if row[i] is None:
-                        continue  # JSON null in a json column is SQL NULL, as in every other column
-                    try:
-                        row[i] = orjson.dumps(row[i], default=_exact_number).decode()
-                    except TypeError as exc:  # orjson: nested too deeply, or not JSON at all
-                        raise BodyError(f"value cannot be stored as JSON: {exc}", wheres[k], name) from exc
+            if name not in as_json:
+                continue
+            to_text = _json_text if name in json_columns else _json_elements
+            for k, row in enumerate(rows):
+                if row[i] is None:
+                    continue  # JSON null in a json column is SQL NULL, as in every other column
+                try:
+                    row[i] = to_text(row[i])
+                except TypeError as exc:  # orjson: nested too deeply, or not JSON at all
+                    raise BodyError(f"value cannot be stored as JSON: {exc}", wheres[k], name) from exc
         out.append(Group(columns, rows, positions if several else None))
     return tuple(out)
 
@@ -128,10 +130,10 @@ _INT64 = range(-(2**63), 2**63)
 
 
 def _as_text(value: Any) -> Any:
+    if type(value) is list:
+        return _map_leaves(value, _as_text)
     if type(value) is Decimal or (type(value) is int and value not in _INT64):
         return str(value)  # exact; PostgreSQL parses it as the column's type
-    if type(value) is list:
-        return [_as_text(v) for v in value]
     return value
 
 
@@ -146,24 +148,19 @@ def _numbers_as_text(columns: tuple[str, ...], rows: list[list[Any]], json_colum
                 row[i] = _as_text(v)
 
 
-def _uniform_arrays(columns: tuple[str, ...], rows: list[list[Any]], arrays: frozenset[str], table: Table) -> None:
+def _uniform_arrays(columns: tuple[str, ...], rows: list[list[Any]], arrays: frozenset[str]) -> None:
     """Array values the sink can COPY: psycopg writes a list only when its elements share one Python type.
 
     JSON mixes them where PostgreSQL does not mind ([1, 2.5] for float8[], [1.5, "2"] for numeric[]):
     such an array travels with every element as the text PostgreSQL reads for the element type.
-    Elements of json/jsonb arrays always travel as JSON text (a string element is the JSON string).
+    (Elements of json/jsonb arrays travel as JSON text, made in _checked.)
     """
     for i, name in enumerate(columns):
         if name not in arrays:
             continue
-        as_json = table.columns[name].data_type.rstrip("[]") in ("json", "jsonb")
         for row in rows:
             value = row[i]
-            if type(value) is not list:
-                continue
-            if as_json:
-                row[i] = _map_leaves(value, lambda v: orjson.dumps(v, default=_exact_number).decode())
-            elif len(_leaf_types(value, set())) > 1:
+            if type(value) is list and len(_leaf_types(value, set())) > 1:
                 row[i] = _map_leaves(value, _element_text)
 
 
@@ -178,6 +175,15 @@ def _leaf_types(value: list[Any], seen: set[type]) -> set[type]:
 
 def _map_leaves(value: list[Any], f: Callable[[Any], Any]) -> list[Any]:
     return [_map_leaves(v, f) if type(v) is list else (None if v is None else f(v)) for v in value]
+
+
+def _json_text(v: Any) -> str:
+    return orjson.dumps(v, default=_exact_number).decode()
+
+
+def _json_elements(v: list[Any]) -> list[Any]:
+    """A json[]/jsonb[] value: each element as JSON text (a string element is the JSON string)."""
+    return _map_leaves(v, _json_text)
 
 
 def _element_text(v: Any) -> str:

@@ -50,7 +50,7 @@ CREATE TABLE edges (
     ja  jsonb[],
     tag text
 );
-CREATE TABLE exact_edges (id integer, n numeric, na numeric[], fa double precision[]);
+CREATE TABLE exact_edges (id integer, n numeric, na numeric[], fa double precision[], ja jsonb[]);
 CREATE TABLE idents (id integer GENERATED ALWAYS AS IDENTITY, v text);
 """
 
@@ -110,6 +110,7 @@ REFUSED = [
     ("exact_edges", "n", "1_000", "is not a number"),
     ("exact_edges", "n", "1.5e-16383", "out of range for numeric"),
     ("exact_edges", "fa", [1e400], "out of range for double precision"),
+    ("exact_edges", "ja", [{"a": 1e400}], "cannot be stored as JSON"),  # json keeps double precision
     ("idents", "id", 7, "GENERATED ALWAYS AS IDENTITY"),
 ]
 
@@ -123,6 +124,8 @@ def test_values_postgresql_would_refuse_are_400_naming_row_and_column(gw: Cluste
         if table != "idents" else b'[{"v": "a"}, {"v": "b", "id": 7}]'
     if value == [1e400]:
         body = b'[{"id": 1}, {"id": 2, "fa": [1e400]}]'  # exact tables read JSON numbers exactly
+    if value == [{"a": 1e400}]:
+        body = b'[{"id": 1}, {"id": 2, "ja": [{"a": 1e400}]}]'
     r = post(gw, table, body)
     assert r.status == 400, (r.status, r.body)
     assert r.body["index"] == 1 and r.body["column"] == column and says in r.body["error"], r.body
@@ -153,12 +156,13 @@ def test_arrays_of_mixed_json_types_land_as_sent(gw: Cluster, dsn: str) -> None:
     row = {"id": 20, "fa": [1, 2.5, None], "ia": [1, "2", None, " 3 "], "ja": [{"a": 1}, "text", 2, True, None],
            "tag": "mixed-arrays"}
     committed(gw, post(gw, "edges", [row]))
-    committed(gw, post(gw, "exact_edges", b'[{"id": 21, "na": [1.5, 2, "3.25"], "fa": [1, 2.5]}]'))
+    committed(gw, post(gw, "exact_edges", b'[{"id": 21, "na": [1.5, 2, "3.25"], "fa": [1, 2.5],'
+                                          b' "ja": [1.5, {"b": 2.25}, "text"]}]'))
     with psycopg.connect(dsn) as conn:
         assert conn.execute("SELECT fa, ia, ja FROM edges WHERE tag = 'mixed-arrays'").fetchall() == [
             ([1.0, 2.5, None], [1, 2, None, 3], [{"a": 1}, "text", 2, True, None])]
-        assert conn.execute("SELECT na, fa FROM exact_edges WHERE id = 21").fetchall() == [
-            ([Decimal("1.5"), Decimal("2"), Decimal("3.25")], [1.0, 2.5])]
+        assert conn.execute("SELECT na, fa, ja FROM exact_edges WHERE id = 21").fetchall() == [
+            ([Decimal("1.5"), Decimal("2"), Decimal("3.25")], [1.0, 2.5], [1.5, {"b": 2.25}, "text"])]
 
 
 # --- request edges -----------------------------------------------------------------------------------
