@@ -119,7 +119,7 @@ def _float_check(name: str) -> Check:
 
     def check(v: Any) -> str | None:
         if type(v) is float:
-            return None if not math.isfinite(v) else _in_range(v, v != 0.0, name, largest, v)
+            return None if not math.isfinite(v) else in_range(v, v != 0.0, v)
         if type(v) is str:
             if not _FLOAT_TEXT.fullmatch(v):
                 return f"expected a number, got the string {v[:40]!r}"
@@ -135,9 +135,9 @@ def _float_check(name: str) -> Check:
             f = float(v)
         except OverflowError:  # an int too large for any float
             f = math.inf
-        return _in_range(f, nonzero, name, largest, v)
+        return in_range(f, nonzero, v)
 
-    def _in_range(f: float, nonzero: bool, name: str, largest: float, v: Any) -> str | None:
+    def in_range(f: float, nonzero: bool, v: Any) -> str | None:
         if math.isinf(f) or abs(f) > largest:
             return f"{got(v)} is out of range for {name}"
         if nonzero and (f == 0.0 or (name == "real" and struct.unpack("f", struct.pack("f", f))[0] == 0.0)):
@@ -422,11 +422,14 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
     if name in FLOAT_TYPES:
         if not types <= {int, float}:
             return False
-        sizes = [abs(v) for v in values if v is not None and v == v]  # v == v: not NaN
+        # Sizes of the non-zero values, in C-level passes (filter(None) drops nulls and zeros, which
+        # every float type holds). A NaN compares false either way, so it only ever sends the column to
+        # the value-by-value check, which accepts it.
+        sizes = list(map(abs, filter(None, values)))
         if not sizes:
             return True
         if name == "real":  # neither past the 4-byte range nor so small it would round to zero there
-            return max(sizes) <= REAL_MAX and min(sizes) >= REAL_MIN_NORMAL or min(sizes) == 0 == max(sizes)
+            return max(sizes) <= REAL_MAX and min(sizes) >= REAL_MIN_NORMAL
         return max(sizes) <= sys.float_info.max
     if name in TEXT_TYPES:
         if types != {str} or check_nul:
