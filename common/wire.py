@@ -16,7 +16,8 @@ Job frame, gateway PUSH -> sink PULL::
   position (from 0) in the request, so a refused row is reported where the
   client sent it. Values are msgpack nil, bool, int,
   float and str (json/jsonb values are already serialised to JSON text).
-  ``idempotency_key`` is the client's Idempotency-Key header, if it sent one;
+  ``idempotency_key`` is the client's Idempotency-Key header, if it sent one
+  (1 to MAX_IDEMPOTENCY_KEY_LEN printable ASCII characters: idempotency_key_ok);
   the ledger keeps it unique per table.
 
   The gateway's journal stores these same frames, one per accepted job.
@@ -78,6 +79,14 @@ class Group:
 
     def position(self, k: int, offset: int) -> int:
         return self.positions[k] if self.positions is not None else offset + k
+
+
+MAX_IDEMPOTENCY_KEY_LEN = 255
+
+
+def idempotency_key_ok(key: str, longest: int = MAX_IDEMPOTENCY_KEY_LEN) -> bool:
+    """A key a job may carry: 1 to ``longest`` printable ASCII characters (the gateway's rule, and a client's)."""
+    return 0 < len(key) <= longest and key.isascii() and key.isprintable()
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,8 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.config import Config
-from common.wire import Job, JobState, WireError, decode_job, encode_job
+from common.wire import (MAX_IDEMPOTENCY_KEY_LEN, Job, JobState, WireError, decode_job, encode_job,
+                         idempotency_key_ok)
 from gateway.catalog import Table
 from gateway.db import Database
 from gateway.errors import BodyError
@@ -57,7 +58,6 @@ INFLIGHT = web.AppKey("inflight", InflightBytes)
 
 # What new_job_id makes; anything else cannot be in the ledger, so it is not looked up.
 JOB_ID = re.compile(r"[0-9a-f]{32}")
-MAX_IDEMPOTENCY_KEY_LEN = 255
 
 _REFUSALS = {
     "no_sink": "no sink is connected to take the job; retry later",
@@ -105,9 +105,19 @@ def unavailable(app: web.Application, reason: str, text: str) -> web.Response:
 _WAIT_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}
 
 
-def wants_wait(request: web.Request) -> bool | None:
-    """?wait=true|false (1/0, yes/no, any case; absent: false), or None for a value that is neither."""
-    return _WAIT_WORDS.get(request.query.get("wait", "false").lower())
+def wants_wait(request: web.Request) -> bool:
+    """?wait=true|false (1/0, yes/no, any case; absent: false); wait_error has refused anything else."""
+    return _WAIT_WORDS.get(request.query.get("wait", "false").lower(), False)
+
+
+def wait_error(request: web.Request) -> str | None:
+    """Why the request's ?wait cannot be read, or None."""
+    values = request.query.getall("wait", [])
+    if len(values) > 1:
+        return "wait is given more than once; give it once"
+    if values and values[0].lower() not in _WAIT_WORDS:
+        return f"wait must be true or false, got {values[0][:40]!r}"
+    return None
 
 
 async def _answer_job(request: web.Request, rec: JobRecord, replayed: bool = False) -> web.Response:
@@ -142,8 +152,8 @@ async def ingest(request: web.Request) -> web.Response:
         return unavailable(app, "database", "the database cannot be reached to check the table; retry later")
     if table is None:
         return json_response({"error": f"unknown table {name!r}"}, 404)
-    if wants_wait(request) is None:
-        return json_response({"error": f"wait must be true or false, got {request.query['wait'][:40]!r}"}, 400)
+    if (bad_wait := wait_error(request)) is not None:
+        return json_response({"error": bad_wait}, 400)
     if request.content_type not in MEDIA_TYPES:
         return json_response(
             {"error": f"unsupported media type {request.content_type!r}; send one of {', '.join(MEDIA_TYPES)}"}, 415
@@ -153,11 +163,9 @@ async def ingest(request: web.Request) -> web.Response:
     if len(keys) > 1:
         return json_response({"error": "more than one Idempotency-Key header; send one"}, 400)
     key = keys[0] if keys else None
-    if key is not None and not (0 < len(key) <= MAX_IDEMPOTENCY_KEY_LEN and key.isascii() and key.isprintable()):
+    if key is not None and not idempotency_key_ok(key):
         return json_response({"error": f"Idempotency-Key must be 1 to {MAX_IDEMPOTENCY_KEY_LEN} printable "
                                        "ASCII characters"}, 400)
-    if len(request.query.getall("wait", [])) > 1:
-        return json_response({"error": "wait is given more than once; give it once"}, 400)
     hold = Hold(app[INFLIGHT])  # grows as the body arrives
     try:
         outcome = await _read_and_admit(request, name, table, key, hold)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from gateway.errors import BodyError
 from gateway.limits import Limits, too_long, too_long_error, too_many_rows
 
-_BOM = b"\xef\xbb\xbf"
+UTF8_BOM = b"\xef\xbb\xbf"  # a byte order mark, as some Windows tools write
 
 
 # --- CSV ------------------------------------------------------------------------------------------
@@ -24,7 +24,7 @@ def csv_rows(body: bytes, limits: Limits) -> tuple[tuple[str, ...], list[list[st
     (a doubled quote toggles twice), so a line ends its record exactly when the record so far holds
     an even number of quotes. Lines without a quote, the common case, are split with ``str.split``.
     """
-    skip = len(_BOM) if body.startswith(_BOM) else 0
+    skip = len(UTF8_BOM) if body.startswith(UTF8_BOM) else 0
     try:
         text = str(memoryview(body)[skip:], "utf-8")
     except UnicodeDecodeError as bad:

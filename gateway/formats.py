@@ -63,7 +63,7 @@ import orjson
 
 from common.wire import Group
 from gateway.catalog import Table
-from gateway.csvbody import csv_rows, csv_table
+from gateway.csvbody import UTF8_BOM, csv_rows, csv_table
 from gateway.encoding import ENCODINGS, BodyDecoder, content_coding, read_body
 from gateway.errors import BodyError, json_type
 from gateway.limits import (
@@ -93,9 +93,6 @@ MEDIA_TYPES = (JSON, NDJSON, MSGPACK, MSGPACK_ALIAS, CSV)
 _SCALARS = frozenset({int, float, bool, type(None), Decimal})
 
 
-UTF8_BOM = b"\xef\xbb\xbf"
-
-
 def canonical_media_type(media_type: str) -> str:
     return MSGPACK if media_type == MSGPACK_ALIAS else media_type
 
@@ -107,7 +104,7 @@ def parse_body(body: bytes, media_type: str, table: Table, limits: Limits) -> tu
         columns, rows, lines = csv_rows(body, limits)
         return rows_from_text(columns, rows, [f"line {n}" for n in lines], table, check_nul=b"\x00" in body)
     if media_type in (JSON, NDJSON) and body.startswith(UTF8_BOM):
-        body = body[len(UTF8_BOM):]  # a byte order mark, as some Windows tools write (and CSV allows)
+        body = body[len(UTF8_BOM):]  # skipped as csv_rows skips it
     # A NUL can only be in a JSON string as the escape \u0000; in msgpack it is a raw byte.
     check_nul = (b"\\u0000" in body) if media_type in (JSON, NDJSON) else (b"\x00" in body)
     return rows_from_objects(objects(body, media_type, limits, table.exact_numbers), table, check_nul)

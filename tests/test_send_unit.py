@@ -137,15 +137,15 @@ def test_summary_of_nothing_is_ok() -> None:
 def test_gateway_url_precedence(tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text('[gateway]\nlisten = "0.0.0.0:9123"\n')
-    assert gateway_url(None, None) == send.DEFAULT_URL
-    assert gateway_url(None, str(config)) == "http://127.0.0.1:9123"
+    assert gateway_url(None, None, {}) == send.DEFAULT_URL
+    assert gateway_url(None, str(config), {}) == "http://127.0.0.1:9123"
     assert gateway_url("http://example.test:81/", None) == "http://example.test:81"
 
 
-def test_gateway_url_follows_the_environment_like_every_role(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ZINGEST_GATEWAY__LISTEN", "127.0.0.1:18080")
-    assert gateway_url(None, None) == "http://127.0.0.1:18080"
-    assert gateway_url("http://127.0.0.1:81", None) == "http://127.0.0.1:81"
+def test_gateway_url_follows_the_environment_like_every_role() -> None:
+    environ = {"ZINGEST_GATEWAY__LISTEN": "127.0.0.1:18080"}
+    assert gateway_url(None, None, environ) == "http://127.0.0.1:18080"
+    assert gateway_url("http://127.0.0.1:81", None, environ) == "http://127.0.0.1:81"
 
 
 # ------------------------------------------------------- against a fake gateway

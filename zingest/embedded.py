@@ -18,7 +18,8 @@ log = logging.getLogger(__name__)
 
 def dsn_file(data_dir: Path) -> Path:
     """Where a running server's DSN is kept, beside its data directory (var/pg -> var/pg.dsn)."""
-    return data_dir.resolve().with_name(data_dir.resolve().name + ".dsn")
+    folder = data_dir.resolve()
+    return folder.with_name(folder.name + ".dsn")
 
 
 def running_dsn(data_dir: Path) -> str | None:

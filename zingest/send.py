@@ -39,7 +39,7 @@ import itertools
 import os
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO, TypeVar
 from urllib.parse import quote
@@ -50,7 +50,7 @@ import yarl
 from tqdm import tqdm
 
 from common.config import ConfigError, load_config
-from common.wire import JobState
+from common.wire import JobState, idempotency_key_ok
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_BATCH_ROWS = 1000
@@ -503,15 +503,16 @@ async def send(source: Source, options: Options, progress: tqdm[Any]) -> tuple[l
 # ------------------------------------------------------------------------ CLI
 
 
-def gateway_url(url: str | None, config_path: str | None) -> str:
-    """``--url`` if given, else ``http://`` + ``gateway.listen`` (from ``--config`` and the environment)."""
+def gateway_url(url: str | None, config_path: str | None, environ: Mapping[str, str] | None = None) -> str:
+    """``--url`` if given, else ``http://`` + ``gateway.listen`` (from ``--config`` and ``environ``,
+    the process's environment by default)."""
     if url is not None:
         parsed = yarl.URL(url)
         if parsed.scheme not in ("http", "https") or not parsed.host:
             raise ConfigError(f"--url: expected http://host:port, got {url!r}")
         return url.rstrip("/")
     # gateway.listen of --config, or of the defaults; ZINGEST_GATEWAY__LISTEN overrides either.
-    host, _, port = load_config(config_path).gateway.listen.rpartition(":")
+    host, _, port = load_config(config_path, environ).gateway.listen.rpartition(":")
     # A gateway listening on every interface is reached through the loopback one.
     host = {"0.0.0.0": "127.0.0.1", "::": "::1", "[::]": "::1"}.get(host, host)
     if ":" in host and not host.startswith("["):
@@ -570,12 +571,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-# Room left in the gateway's 255-character Idempotency-Key for ":" and a line number.
+# Leaves room in an Idempotency-Key (MAX_IDEMPOTENCY_KEY_LEN) for ":" and a line number.
 MAX_KEY_PREFIX_LEN = 200
 
 
 def key_prefix(text: str) -> str:
-    if not (0 < len(text) <= MAX_KEY_PREFIX_LEN and text.isascii() and text.isprintable()):
+    if not idempotency_key_ok(text, MAX_KEY_PREFIX_LEN):
         raise argparse.ArgumentTypeError(f"expected 1 to {MAX_KEY_PREFIX_LEN} printable ASCII characters")
     return text
 
