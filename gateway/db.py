@@ -66,6 +66,7 @@ class Database:
         # One catalog read at a time: requests that find it stale together share the read.
         self._refreshing = asyncio.Lock()
         self._stuck: set[asyncio.Task[list[tuple]]] = set()
+        self._silent_until = 0.0  # after a look-up timed out: until then, fail without asking
         self.tables: dict[str, Table] = {}
 
     async def open(self) -> None:
@@ -82,20 +83,26 @@ class Database:
         if self._conn is None or self._conn.closed or self._conn.broken:
             self._conn = await psycopg.AsyncConnection.connect(
                 self._dsn, autocommit=True, application_name="zingest-gateway",
+                # So that a connect abandoned at QUERY_TIMEOUT_S (see _fetch) also ends by itself.
                 connect_timeout=max(2, int(QUERY_TIMEOUT_S)),
             )
         return self._conn
 
     async def _fetch(self, query: str, params: tuple = ()) -> list[tuple]:
         async with self._lock:
+            # Look-ups take turns on one connection: after one timed out, those queued behind it (and
+            # any for QUERY_TIMEOUT_S after) fail at once instead of each waiting out a timeout of its own.
+            if time.monotonic() < self._silent_until:
+                raise psycopg.OperationalError("the database did not answer a moment ago")
             # Not asyncio.timeout: cancelling psycopg mid-query starts its own cancel protocol, which
             # against a server that does not answer takes 15 s more. The look-up runs as a task; past
-            # the deadline its connection is closed under it and a fresh one serves the next look-up.
+            # the deadline its connection is shut down under it and a fresh one serves the next look-up.
             fetch = asyncio.get_running_loop().create_task(self._fetch_once_or_twice(query, params))
             done, _ = await asyncio.wait({fetch}, timeout=QUERY_TIMEOUT_S)
             if fetch in done:
                 return fetch.result()
             self._abandon(fetch)
+            self._silent_until = time.monotonic() + QUERY_TIMEOUT_S
             raise psycopg.OperationalError(f"the database did not answer within {QUERY_TIMEOUT_S:g} s")
 
     def _abandon(self, fetch: asyncio.Task[list[tuple]]) -> None:
