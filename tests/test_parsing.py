@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.catalog import Column, Table
 from gateway.errors import BodyError
 from gateway.formats import JSON, NDJSON, Limits, parse_body
+from gateway.validate import FEW_ROWS
 
 LIMITS = Limits(max_body_bytes=1 << 20, max_rows=1000, max_depth=32, max_string_bytes=1 << 16)
 
@@ -220,3 +223,34 @@ def test_good_dates_and_times_pass_whole() -> None:
     rows = [GOOD_TIMES, {**GOOD_TIMES, "ts": "2013-05-31 22:25Z", "t": "22:25"}, {"d": None, "ts": None, "t": None}]
     ((columns, got),) = groups_of(orjson.dumps(rows), JSON, TIMES)
     assert columns == ("d", "ts", "t") and len(got) == 3
+
+
+# Every type the column-wide fast path (validate._all_fine) knows, beside values of every JSON kind:
+# right, wrong, out of range, text PostgreSQL reads, and text it does not.
+CHECKED_TYPES = make_table(i2="smallint", i4="integer", i8="bigint", r="real", f="double precision",
+                           b="boolean", s="text", vc="character varying(3)", d="date",
+                           ts="timestamp with time zone", tm="time without time zone", j="json", jb="jsonb")
+SOME_VALUES = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.integers(-(2**16), 2**16),
+    st.floats(allow_nan=False), st.floats(-1e-40, 1e-40), st.text(max_size=5),
+    st.sampled_from(["42", " -7 ", "1e3", "NaN", "t", "no", "2013-05-31", "2013-02-30", "22:25:00.5",
+                     "2013-05-31T22:25:00+05:30", "2013-05-31 22:25Z", "2013-05-31T22:25:00+16:00",
+                     "infinity", "abcd"]),
+    st.lists(st.integers(0, 3), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(-9, 9), max_size=2),
+)
+
+
+@given(row=st.fixed_dictionaries({name: SOME_VALUES for name in CHECKED_TYPES.columns}))
+@settings(max_examples=300, deadline=None)
+def test_a_few_rows_are_judged_as_many_are(row: dict) -> None:
+    """Requests of up to validate.FEW_ROWS rows skip the column-wide passes and check value by value;
+    more rows take the passes first. The same row must get the same verdict and error either way."""
+    def verdict(rows: list[dict]) -> dict | None:
+        try:
+            parse_rows(orjson.dumps(rows), JSON, CHECKED_TYPES)
+        except BodyError as exc:
+            return exc.as_json()
+        return None
+
+    few, many = [row] * FEW_ROWS, [row] * (FEW_ROWS + 1)
+    assert verdict(few) == verdict(many)
