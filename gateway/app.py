@@ -60,6 +60,7 @@ INFLIGHT = web.AppKey("inflight", InflightBytes)
 JOB_ID = re.compile(r"[0-9a-f]{32}")
 
 _REFUSALS = {
+    "stopping": "the gateway is stopping; retry later, on a new connection",
     "no_sink": "no sink is connected to take the job; retry later",
     "sinks_full": "every sink is busy; retry later",
     "buffer_full": "the gateway holds as much unfinished work as it may; retry later",
@@ -99,7 +100,10 @@ def job_view(rec: JobRecord) -> dict[str, Any]:
 
 def unavailable(app: web.Application, reason: str, text: str) -> web.Response:
     app[METRICS].refused.labels(reason).inc()
-    return json_response({"error": text}, 503, {"Retry-After": str(app[CONFIG].gateway.retry_after_s)})
+    response = json_response({"error": text}, 503, {"Retry-After": str(app[CONFIG].gateway.retry_after_s)})
+    if reason == "stopping":
+        response.force_close()  # a keep-alive client's next request then finds a gateway that serves
+    return response
 
 
 _WAIT_WORDS = {"1": True, "true": True, "yes": True, "0": False, "false": False, "no": False}

@@ -106,8 +106,11 @@ def parse_body(body: bytes, media_type: str, table: Table, limits: Limits) -> tu
     if media_type in (JSON, NDJSON) and body.startswith(UTF8_BOM):
         body = body[len(UTF8_BOM):]  # skipped as csv_rows skips it
     # A NUL can only be in a JSON string as the escape \u0000; in msgpack it is a raw byte.
-    check_nul = (b"\\u0000" in body) if media_type in (JSON, NDJSON) else (b"\x00" in body)
-    return rows_from_objects(objects(body, media_type, limits, table.exact_numbers), table, check_nul)
+    # JSON text cannot spell NaN or infinity (both parsers refuse them); msgpack floats can be either.
+    text = media_type in (JSON, NDJSON)
+    check_nul = (b"\\u0000" in body) if text else (b"\x00" in body)
+    return rows_from_objects(objects(body, media_type, limits, table.exact_numbers), table, check_nul,
+                             check_finite=not text)
 
 
 def objects(body: bytes, media_type: str, limits: Limits, exact_numbers: bool = False) -> Iterator[tuple[str, Any]]:

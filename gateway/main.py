@@ -58,6 +58,8 @@ async def serve(cfg: Config) -> int:
 
     await should_exit.wait()
     log.info("stopping: no new requests; draining in-flight jobs for up to %.1f s", cfg.gateway.drain_timeout_s)
+    # Requests on open keep-alive connections still arrive while the jobs drain: they get 503.
+    app[PIPELINE].stopping = True
     await site.stop()
     store = app[STORE]
     drained = asyncio.create_task(store.wait_idle())

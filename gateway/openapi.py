@@ -132,7 +132,7 @@ def spec(media_types: tuple[str, ...]) -> dict[str, Any]:
                         "408": _error("the body did not arrive within gateway.body_timeout_s"),
                         "413": _error("body or row count over its limit"),
                         "415": _error("media type or content encoding not accepted"),
-                        "503": _error("no sink connected, buffers full, or too many bodies in flight:"
+                        "503": _error("no sink connected, buffers full, too many bodies in flight, or the gateway stopping:"
                                       " retry after Retry-After",
                                       retry_after=True),
                         "504": _json("#/components/schemas/Job", "?wait=true: not final in time; still tracked"),

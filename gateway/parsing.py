@@ -27,12 +27,14 @@ __all__ = ["rows_from_objects", "rows_from_text"]
 # One group of rows on its way to a job: columns, rows, where each row came from, positions in the request.
 _Rows = tuple[tuple[str, ...], list[Any], list[str], list[int] | None]
 
-def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nul: bool = True) -> tuple[Group, ...]:
+def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nul: bool = True,
+                      check_finite: bool = True) -> tuple[Group, ...]:
     """Objects to groups of rows; objects naming the same columns share a group.
 
     Every row is checked against the table (gateway.validate) before anything
     is sent: the first bad value raises BodyError naming its row and column.
-    ``check_nul`` may be False when the caller knows the body holds no NUL.
+    ``check_nul`` / ``check_finite`` may be False when the caller knows the body holds no NUL / no NaN
+    or infinity.
     """
     pairs = list(objects)
     if not pairs:
@@ -51,8 +53,8 @@ def rows_from_objects(objects: Iterable[tuple[str, Any]], table: Table, check_nu
             except KeyError:
                 pass  # some object names another column: grouped below
             else:
-                return _checked(table, [(columns, rows, wheres, None)], check_nul)
-    return _checked(table, _grouped(table, wheres, objs), check_nul)
+                return _checked(table, [(columns, rows, wheres, None)], check_nul, check_finite)
+    return _checked(table, _grouped(table, wheres, objs), check_nul, check_finite)
 
 
 def _check_names(table: Table, columns: tuple[str, ...], where: str) -> None:
@@ -92,14 +94,14 @@ def _grouped(table: Table, wheres: list[str], objs: list[Any]) -> list[_Rows]:
     return list(groups.values())
 
 
-def _checked(table: Table, groups: list[_Rows], check_nul: bool) -> tuple[Group, ...]:
+def _checked(table: Table, groups: list[_Rows], check_nul: bool, check_finite: bool) -> tuple[Group, ...]:
     """Every group's values checked, exact numbers and json values made text: the job's groups."""
     json_columns = table.json_columns
     out = []
     exact = table.exact_numbers
     several = len(groups) > 1  # then each row carries its position in the request
     for columns, rows, wheres, positions in groups:
-        check_rows(table, columns, rows, wheres, check_nul)
+        check_rows(table, columns, rows, wheres, check_nul, check_finite)
         arrays = table.array_columns.intersection(columns)
         as_json = json_columns.union(table.json_array_columns).intersection(columns)
         if exact or arrays or as_json:

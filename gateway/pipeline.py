@@ -69,6 +69,7 @@ class Pipeline:
         self._wake = asyncio.Event()
         # Sink connections to the PUSH socket, counted from its monitor events.
         self.sinks_connected = 0
+        self.stopping = False  # set once the gateway stops: no new job is admitted while it drains
         self.jobs_sent = 0
         self.jobs_final = 0
         self.redelivered = 0
@@ -97,6 +98,8 @@ class Pipeline:
     def refusal(self) -> str | None:
         """Why a new job cannot be admitted now (a 503 reason), or None."""
         store, cfg = self.store, self.cfg
+        if self.stopping:
+            return "stopping"
         if self.sinks_connected == 0:
             return "no_sink"
         if self._unsent:

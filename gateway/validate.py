@@ -33,7 +33,6 @@ import functools
 import math
 import re
 import struct
-import sys
 from collections.abc import Callable
 from datetime import date, datetime, time, timedelta
 from decimal import Decimal
@@ -56,8 +55,8 @@ TIME_TYPES = frozenset({"time with time zone", "time without time zone"})
 JSON_TYPES = frozenset({"json", "jsonb"})
 INFINITIES = frozenset({"infinity", "-infinity"})
 
-# PostgreSQL arrays have at most 6 dimensions; walk a little past that so its own error names the limit.
-MAX_ARRAY_DEPTH = 8
+# PostgreSQL arrays have at most 6 dimensions (MAXDIM).
+MAX_ARRAY_DIMS = 6
 
 _TYPMOD = re.compile(r"\(([^)]*)\)")
 
@@ -82,17 +81,23 @@ def base_type(data_type: str) -> tuple[str, int | None, int]:
 
 # Strings PostgreSQL reads as the type: accepted too (CSV rows and dead letters hold text).
 # ASCII digits only ([0-9], not \d: Python's int() reads other scripts' digits, PostgreSQL does not),
-# no underscores (PostgreSQL 16 reads "1_000", 15 does not).
-_INT_TEXT = re.compile(r"\s*[+-]?[0-9]+\s*")
+# no underscores (PostgreSQL 16 reads "1_000", 15 does not). Around the value, only the white space
+# PostgreSQL skips (C's isspace), not \s: that also matches U+001C-U+001F and U+00A0, which
+# PostgreSQL refuses and Python's int() and float() do too.
+PG_SPACE = " \t\n\v\f\r"
+_WS = "[ \t\n\v\f\r]*"
+_INT_TEXT = re.compile(rf"{_WS}[+-]?[0-9]+{_WS}")
 _DECIMAL = r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
-_FLOAT_TEXT = re.compile(rf"\s*(?:{_DECIMAL}|nan|[+-]?inf(?:inity)?)\s*", re.IGNORECASE)
+_FLOAT_TEXT = re.compile(rf"{_WS}(?:{_DECIMAL}|nan|[+-]?inf(?:inity)?){_WS}", re.IGNORECASE)
 _NUMERIC_TEXT = _FLOAT_TEXT  # numeric reads the same words (NaN, Infinity since PostgreSQL 14)
 # numeric holds up to 131072 digits before the decimal point ...
 NUMERIC_MAX_ADJUSTED = 131071
 # ... and up to 16383 after it.
 NUMERIC_MAX_SCALE = 16383
-# real is a 4-byte float: a value that rounds to infinity there is out of range.
-REAL_MAX = 3.4028234663852886e38
+# real is a 4-byte float: a value that rounds to infinity there is out of range. Its largest value is
+# 3.4028234663852886e38, which PostgreSQL prints as 3.4028235e38; a double rounds to it when below the
+# halfway point to the next power of two (at the halfway point, ties to even round to infinity).
+REAL_LIMIT = (2 - 2**-24) * 2.0**127
 REAL_MIN_NORMAL = 1.1754943508222875e-38
 _BOOL_TEXT = frozenset({"t", "f", "true", "false", "yes", "no", "on", "off", "1", "0", "y", "n"})
 
@@ -116,7 +121,7 @@ def _int_check(lo: int, hi: int, name: str) -> Check:
 def _float_check(name: str) -> Check:
     """real or double precision: what PostgreSQL's float input takes, and refuses as out of range
     (a finite value too large for the type, or a non-zero one that would round to zero)."""
-    largest = REAL_MAX if name == "real" else sys.float_info.max
+    largest = REAL_LIMIT if name == "real" else math.inf
 
     def check(v: Any) -> str | None:
         if type(v) is float:
@@ -124,7 +129,7 @@ def _float_check(name: str) -> Check:
         if type(v) is str:
             if not _FLOAT_TEXT.fullmatch(v):
                 return f"expected a number, got the string {v[:40]!r}"
-            text = v.strip().lower()
+            text = v.strip(PG_SPACE).lower()
             if text.lstrip("+-") in ("nan", "inf", "infinity"):
                 return None
             nonzero = any(c in "123456789" for c in text.split("e")[0])
@@ -139,7 +144,7 @@ def _float_check(name: str) -> Check:
         return in_range(f, nonzero, v)
 
     def in_range(f: float, nonzero: bool, v: Any) -> str | None:
-        if math.isinf(f) or abs(f) > largest:
+        if not abs(f) < largest:
             return f"{got(v)} is out of range for {name}"
         if nonzero and (f == 0.0 or (name == "real" and struct.unpack("f", struct.pack("f", f))[0] == 0.0)):
             return f"{got(v)} is out of range for {name} (too close to zero)"
@@ -155,12 +160,21 @@ def _numeric_check(v: Any) -> str | None:
     if type(v) is str:
         if not _NUMERIC_TEXT.fullmatch(v):
             return f"{v[:40]!r} is not a number"
-        v = Decimal(v.strip())
+        v = Decimal(v.strip(PG_SPACE))
     if type(v) is Decimal:
         if v.is_finite() and (v.adjusted() > NUMERIC_MAX_ADJUSTED or v.as_tuple().exponent < -NUMERIC_MAX_SCALE):
             return f"{got(v)} is out of range for numeric"
         return None
     return f"expected a number, got {got(v)}"
+
+
+def utf8_ok(text: str) -> bool:
+    """UTF-8 can hold the text: no lone surrogate (only JSON's \\uD800-\\uDFFF escapes can make one)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def got(v: Any) -> str:
@@ -174,7 +188,7 @@ def got(v: Any) -> str:
 
 
 def _bool_check(v: Any) -> str | None:
-    if type(v) is bool or (type(v) is str and v.strip().lower() in _BOOL_TEXT):
+    if type(v) is bool or (type(v) is str and v.strip(PG_SPACE).lower() in _BOOL_TEXT):
         return None
     return f"expected true or false, got {got(v)}"
 
@@ -185,6 +199,8 @@ def _text_check(limit: int | None, check_nul: bool) -> Check:
             return f"expected a string, got {got(v)}"
         if check_nul and "\x00" in v:
             return "text cannot contain the NUL character (\\u0000)"
+        if not v.isascii() and not utf8_ok(v):
+            return "text cannot hold a lone UTF-16 surrogate (a \\uD800-\\uDFFF escape without its pair)"
         if limit is not None and len(v) > limit:
             return f"{len(v)} characters is longer than the column's limit of {limit}"
         return None
@@ -305,17 +321,36 @@ def _jsonb_check(v: Any) -> str | None:
     return _json_check(v)
 
 
+def array_shape_error(v: list[Any]) -> str | None:
+    """Why PostgreSQL would refuse the array's shape, or None.
+
+    Its arrays are rectangular: at each level every sub-array has the same length, and a level holds
+    sub-arrays only or elements (and nulls) only; at most MAX_ARRAY_DIMS levels. Walked level by level,
+    so no nesting depth can exhaust the stack. (PostgreSQL 17 and later read [[], []] as an empty
+    array; 15 and 16 refuse it, and such a row becomes a dead letter there.)
+    """
+    level, dims = [v], 1
+    while True:
+        if dims > MAX_ARRAY_DIMS:
+            return f"an array of more than {MAX_ARRAY_DIMS} dimensions (PostgreSQL's limit)"
+        if len(set(map(len, level))) > 1:
+            return f"sub-arrays of different lengths at dimension {dims} (PostgreSQL arrays are rectangular)"
+        items = [item for node in level for item in node]
+        subs = sum(type(item) is list for item in items)
+        if not subs:
+            return None
+        if subs != len(items):
+            return f"a mix of sub-arrays and elements at dimension {dims + 1}"
+        level, dims = items, dims + 1
+
+
 def _array_check(element: Check | None, dims: int) -> Check:
-    def walk(v: Any, depth: int) -> str | None:
-        if type(v) is not list:
-            return f"expected an array, got {got(v)}"
-        if depth > MAX_ARRAY_DEPTH:
-            return f"array nested deeper than {MAX_ARRAY_DEPTH} levels (PostgreSQL allows 6 dimensions)"
+    def walk(v: Any) -> str | None:
         for item in v:
             if item is None:
                 continue
             if type(item) is list:
-                bad = walk(item, depth + 1)
+                bad = walk(item)
             elif element is not None:
                 bad = element(item)
             else:
@@ -323,7 +358,12 @@ def _array_check(element: Check | None, dims: int) -> Check:
             if bad:
                 return f"array element: {bad}"
         return None
-    return lambda v: walk(v, 1)
+
+    def check(v: Any) -> str | None:
+        if type(v) is not list:
+            return f"expected an array, got {got(v)}"
+        return array_shape_error(v) or walk(v)  # the shape bounds the walk's depth
+    return check
 
 
 def _scalar_check(name: str, limit: int | None, check_nul: bool) -> Check | None:
@@ -404,7 +444,7 @@ _PARSERS = {"date": (date.fromisoformat, "date"), "time with time zone": (time.f
 _PARSERS.update(dict.fromkeys(TIMESTAMP_TYPES, (datetime.fromisoformat, "timestamp")))
 
 
-def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
+def _all_fine(col: Column, values: list[Any], check_nul: bool, check_finite: bool) -> bool:
     """A fast, column-at-a-time check made of C-level passes (type sets, min/max, map).
 
     True means every value is acceptable; False only means "look closer": the
@@ -435,10 +475,13 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
         if not sizes:
             return True
         if name == "real":  # neither past the 4-byte range nor so small it would round to zero there
-            return max(sizes) <= REAL_MAX and min(sizes) >= REAL_MIN_NORMAL
-        return max(sizes) <= sys.float_info.max
+            return max(sizes) < REAL_LIMIT and min(sizes) >= REAL_MIN_NORMAL
+        return max(sizes) < math.inf
     if name in TEXT_TYPES:
         if types != {str} or check_nul:
+            return False
+        joined = "".join(filter(None, values))
+        if not joined.isascii() and not utf8_ok(joined):
             return False
         return limit is None or max(len(v) for v in values if v is not None) <= limit
     parser = _PARSERS.get(name)
@@ -455,7 +498,10 @@ def _all_fine(col: Column, values: list[Any], check_nul: bool) -> bool:
             return False  # maybe "infinity", maybe bad: the slow path decides
         return offsets_fine(parsed)
     if name in JSON_TYPES:
-        return float not in types and (name == "json" or not check_nul)  # floats: NaN and inf need a look
+        # Floats at the top, or nested ones when the body can spell NaN and infinities (msgpack), need a look.
+        if float in types or (check_finite and (dict in types or list in types)):
+            return False
+        return name == "json" or not check_nul
     return False
 
 
@@ -465,15 +511,19 @@ FEW_ROWS = 2
 
 
 def check_rows(table: Table, columns: tuple[str, ...], rows: list[Any], wheres: list[str],
-               check_nul: bool) -> None:
-    """Refuse the first value that cannot be its column's type (raises BodyError naming row and column)."""
+               check_nul: bool, check_finite: bool = True) -> None:
+    """Refuse the first value that cannot be its column's type (raises BodyError naming row and column).
+
+    ``check_nul`` / ``check_finite``: the body may hold a NUL character / a NaN or an infinity (JSON text
+    cannot spell either; msgpack can); False lets the column-wide passes skip looking for them.
+    """
     few = len(rows) <= FEW_ROWS
     for name, values in zip(columns, by_column(columns, rows), strict=True):
         col = table.columns[name]
         if None in values and not col.nullable:
             k = values.index(None)
             raise BodyError(f"column {name!r} is NOT NULL, got null", wheres[k], name)
-        if not few and _all_fine(col, values, check_nul):
+        if not few and _all_fine(col, values, check_nul, check_finite):
             continue
         check = type_check(col.data_type, check_nul)
         if check is None:

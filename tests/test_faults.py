@@ -7,9 +7,11 @@ exactly once (count and checksum per job).
 
 from __future__ import annotations
 
+import http.client
 import signal
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.cluster import (
@@ -189,3 +191,40 @@ def test_wait_true_answers_200_when_final_and_504_when_not(cluster_env: dict[str
         cluster.sinks[0].send_signal(signal.SIGCONT)
         codes = cluster.stop()
     assert set(codes.values()) == {0}, codes
+
+
+def test_a_stopping_gateway_refuses_new_jobs_on_open_connections(cluster_env: dict[str, str], tmp_path: Path,
+                                                                 pg_dsn: str) -> None:
+    """While it drains, a gateway answers a request on a keep-alive connection 503 and closes it:
+    no job is accepted that the stop could then leave behind."""
+    logs = tmp_path / "stopping"
+    logs.mkdir()
+    cluster = Cluster(cluster_env, logs, sinks=1).start()
+    conn = http.client.HTTPConnection(cluster.host, cluster.port, timeout=10)
+    headers = {"Content-Type": "application/x-ndjson"}
+
+    def post(batch: int) -> http.client.HTTPResponse:
+        conn.request("POST", "/v1/ingest/events", body=job_body(batch, 3), headers=headers)
+        resp = conn.getresponse()
+        resp.read()
+        return resp
+
+    try:
+        assert post(1).status == 202
+        cluster.sinks[0].send_signal(signal.SIGSTOP)  # job 2 stays pending, so the gateway drains
+        assert post(2).status == 202
+        cluster.gateway.send_signal(signal.SIGTERM)
+        wait_until(lambda: "stopping: no new requests" in cluster.log_text(), 10, what="the gateway to stop intake")
+        refused = post(3)  # the same connection, still open
+        assert refused.status == 503
+        assert refused.getheader("Connection", "").lower() == "close"
+        assert refused.getheader("Retry-After") is not None
+    finally:
+        conn.close()
+        cluster.sinks[0].send_signal(signal.SIGCONT)
+    assert cluster.gateway.wait(30) == 0
+    with psycopg.connect(pg_dsn) as db:
+        wait_until(lambda: db.execute("SELECT count(*) FROM events").fetchone()[0] == 6, 20,
+                   what="the two accepted jobs to land")
+        assert dict(db.execute("SELECT batch, count(*) FROM events GROUP BY batch").fetchall()) == {1: 3, 2: 3}
+    cluster.stop()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import msgpack
 import orjson
 import pytest
 from hypothesis import given, settings
@@ -9,7 +10,7 @@ from hypothesis import strategies as st
 
 from gateway.catalog import Column, Table
 from gateway.errors import BodyError
-from gateway.formats import JSON, NDJSON, Limits, parse_body
+from gateway.formats import JSON, MSGPACK, NDJSON, Limits, parse_body
 from gateway.validate import FEW_ROWS
 
 LIMITS = Limits(max_body_bytes=1 << 20, max_rows=1000, max_depth=32, max_string_bytes=1 << 16)
@@ -226,31 +227,88 @@ def test_good_dates_and_times_pass_whole() -> None:
 
 
 # Every type the column-wide fast path (validate._all_fine) knows, beside values of every JSON kind:
-# right, wrong, out of range, text PostgreSQL reads, and text it does not.
+# right, wrong, out of range, text PostgreSQL reads, and text it does not; NaN and infinities, nested too,
+# which msgpack can carry and JSON text cannot (orjson writes them as null).
 CHECKED_TYPES = make_table(i2="smallint", i4="integer", i8="bigint", r="real", f="double precision",
                            b="boolean", s="text", vc="character varying(3)", d="date",
                            ts="timestamp with time zone", tm="time without time zone", j="json", jb="jsonb")
 SOME_VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.integers(-(2**16), 2**16),
-    st.floats(allow_nan=False), st.floats(-1e-40, 1e-40), st.text(max_size=5),
+    st.floats(), st.floats(-1e-40, 1e-40), st.sampled_from([3.4028235e38, 3.4028236e38]), st.text(max_size=5),
     st.sampled_from(["42", " -7 ", "1e3", "NaN", "t", "no", "2013-05-31", "2013-02-30", "22:25:00.5",
                      "2013-05-31T22:25:00+05:30", "2013-05-31 22:25Z", "2013-05-31T22:25:00+16:00",
-                     "infinity", "abcd"]),
-    st.lists(st.integers(0, 3), max_size=2), st.dictionaries(st.text(max_size=2), st.integers(-9, 9), max_size=2),
+                     "infinity", "abcd", "5\x1f", " 5\v", "1.5\xa0", "t\xa0", "\x1ct"]),
+    st.lists(st.one_of(st.integers(0, 3), st.floats()), max_size=2),
+    st.dictionaries(st.text(max_size=2), st.one_of(st.integers(-9, 9), st.floats()), max_size=2),
 )
 
 
-@given(row=st.fixed_dictionaries({name: SOME_VALUES for name in CHECKED_TYPES.columns}))
-@settings(max_examples=300, deadline=None)
-def test_a_few_rows_are_judged_as_many_are(row: dict) -> None:
+@given(row=st.fixed_dictionaries({name: SOME_VALUES for name in CHECKED_TYPES.columns}),
+       media_type=st.sampled_from([JSON, MSGPACK]))
+@settings(max_examples=400, deadline=None)
+def test_a_few_rows_are_judged_as_many_are(row: dict, media_type: str) -> None:
     """Requests of up to validate.FEW_ROWS rows skip the column-wide passes and check value by value;
     more rows take the passes first. The same row must get the same verdict and error either way."""
     def verdict(rows: list[dict]) -> dict | None:
+        body = orjson.dumps(rows) if media_type == JSON else msgpack.packb(rows)
         try:
-            parse_rows(orjson.dumps(rows), JSON, CHECKED_TYPES)
+            parse_rows(body, media_type, CHECKED_TYPES)
         except BodyError as exc:
             return exc.as_json()
         return None
 
     few, many = [row] * FEW_ROWS, [row] * (FEW_ROWS + 1)
     assert verdict(few) == verdict(many)
+
+
+@pytest.mark.parametrize("column, value", [
+    ("i4", "5\x1f"), ("i4", "\x1d7"), ("i4", "5\u00a0"), ("i2", "\u30001"),
+    ("f", "\x1c1.5"), ("f", "1.5\u00a0"), ("b", "t\u00a0"), ("b", "\x1ft"), ("n", "1.5\u2003"),
+])
+def test_number_and_boolean_text_may_be_padded_only_with_what_postgresql_skips(column: str, value: str) -> None:
+    table = make_table(i2="smallint", i4="integer", f="double precision", b="boolean", n="numeric")
+    exc = body_error(orjson.dumps({column: value}), JSON, table)
+    assert exc.as_json() == {"error": str(exc), "index": 0, "column": column}
+    ((_, rows),) = groups_of(orjson.dumps({column: value.strip(" \x1c\x1d\x1f\u00a0\u3000\u2003") + " \t\v\f\r\n"}),
+                             JSON, table)
+    assert len(rows) == 1
+
+
+@pytest.mark.parametrize("rows", [1, 3])
+@pytest.mark.parametrize("column", ["j", "jb"])
+def test_msgpack_nan_nested_in_a_json_value_is_refused_in_any_request(column: str, rows: int) -> None:
+    body = msgpack.packb([{column: {"x": float("nan"), "y": [float("-inf")]}}] * rows)
+    exc = body_error(body, MSGPACK, CHECKED_TYPES)
+    assert exc.as_json() == {"error": str(exc), "index": 0, "column": column}
+    assert "NaN" in str(exc)
+
+
+@pytest.mark.parametrize("value, words", [
+    ([[1], [2, 3]], "different lengths"), ([1, [2]], "a mix"), ([None, [1]], "a mix"), ([[1], None], "a mix"),
+    ([[[[[[[1]]]]]]], "more than 6 dimensions"),
+])
+def test_arrays_postgresql_cannot_read_are_refused(value: list, words: str) -> None:
+    exc = body_error(orjson.dumps({"ia": value}), JSON, make_table(ia="integer[]"))
+    assert words in str(exc) and exc.column == "ia"
+
+
+@pytest.mark.parametrize("value", [[[1, 2], [3, 4]], [[None, 2], [3, None]], [[], []], [], [[[[[[1]]]]]]])
+def test_rectangular_arrays_pass(value: list) -> None:
+    ((_, rows),) = groups_of(orjson.dumps({"ia": value}), JSON, make_table(ia="integer[]"))
+    assert rows == [[value]]
+
+
+def test_a_lone_surrogate_in_text_is_refused_with_its_row_and_column() -> None:
+    """Only the exact JSON parser (tables with numeric columns) lets a lone \\ud800 escape through."""
+    table = make_table(n="numeric", s="text")
+    for rows in (1, FEW_ROWS + 1):
+        exc = body_error(b"[" + b",".join([b'{"n": 1, "s": "a\\ud800"}'] * rows) + b"]", JSON, table)
+        assert exc.as_json() == {"error": str(exc), "index": 0, "column": "s"}
+
+
+def test_real_takes_its_largest_value_as_postgresql_prints_it() -> None:
+    table = make_table(r="real")
+    ((_, rows),) = groups_of(orjson.dumps([{"r": 3.4028235e38}, {"r": "-3.4028235e38"}]), JSON, table)
+    assert len(rows) == 2
+    exc = body_error(orjson.dumps({"r": 3.4028236e38}), JSON, table)
+    assert "out of range for real" in str(exc)
