@@ -219,12 +219,13 @@ def test_a_stopping_gateway_refuses_new_jobs_on_open_connections(cluster_env: di
         assert refused.status == 503
         assert refused.getheader("Connection", "").lower() == "close"
         assert refused.getheader("Retry-After") is not None
+        cluster.sinks[0].send_signal(signal.SIGCONT)
+        assert cluster.gateway.wait(30) == 0
+        with psycopg.connect(pg_dsn) as db:
+            wait_until(lambda: db.execute("SELECT count(*) FROM events").fetchone()[0] == 6, 20,
+                       what="the two accepted jobs to land")
+            assert dict(db.execute("SELECT batch, count(*) FROM events GROUP BY batch").fetchall()) == {1: 3, 2: 3}
     finally:
         conn.close()
         cluster.sinks[0].send_signal(signal.SIGCONT)
-    assert cluster.gateway.wait(30) == 0
-    with psycopg.connect(pg_dsn) as db:
-        wait_until(lambda: db.execute("SELECT count(*) FROM events").fetchone()[0] == 6, 20,
-                   what="the two accepted jobs to land")
-        assert dict(db.execute("SELECT batch, count(*) FROM events GROUP BY batch").fetchall()) == {1: 3, 2: 3}
-    cluster.stop()
+        cluster.stop()
