@@ -290,7 +290,6 @@ class Proxy:
             (socket.AF_INET, (host, port))
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.started = time.monotonic()
         self.black_hole = threading.Event()
         self.closed = threading.Event()
         self.held: list[socket.socket] = []
@@ -338,10 +337,12 @@ def test_a_database_that_never_answers_costs_a_request_seconds_not_for_ever(pg_s
                            "ZINGEST_GATEWAY__MAX_INFLIGHT_BYTES": "1000",
                            "ZINGEST_GATEWAY__DRAIN_TIMEOUT_S": "0"}, tmp_path / "logs", sinks=0)
         try:
-            cluster.start()
+            cluster.start()  # serving: its catalog was read before this returned
+            served = time.monotonic()
             proxy.black_hole.set()
-            # Past REFRESH_MIN_S since start-up, so that the bad value below makes a catalog re-read.
-            wait_until(lambda: time.monotonic() - proxy.started > REFRESH_MIN_S + 0.5, 5, interval=0.1)
+            # Past REFRESH_MIN_S since that read, so that the bad value below makes a catalog re-read.
+            # (Counted from the proxy's start instead, a slow start-up left the window still shut.)
+            wait_until(lambda: time.monotonic() - served > REFRESH_MIN_S + 0.2, 5, interval=0.1)
             # A bad value makes the gateway re-read the catalog, which now never answers. Four at once
             # take their turns on the gateway's one connection: they wait out one timeout, not one each.
             started = time.monotonic()
