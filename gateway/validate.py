@@ -344,7 +344,7 @@ def array_shape_error(v: list[Any]) -> str | None:
         level, dims = items, dims + 1
 
 
-def _array_check(element: Check | None, dims: int) -> Check:
+def _array_check(element: Check | None) -> Check:
     def walk(v: Any) -> str | None:
         for item in v:
             if item is None:
@@ -397,7 +397,7 @@ def type_check(data_type: str, check_nul: bool) -> Check | None:
     name, limit, dims = base_type(data_type)
     scalar = _scalar_check(name, limit, check_nul)
     if dims:
-        return _array_check(scalar, dims)
+        return _array_check(scalar)
     return scalar
 
 
